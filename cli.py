@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""buscador: search images by a Spanish description and classify movies by genre, on cached deep features.
+
+Every command parses its options, calls one library function and prints the result. Heavy libraries
+(torch, gensim, faiss) are imported inside the commands that need them, so `--help` and cold searches
+stay fast. Problems the user can fix are raised as ``UserError`` and printed as one ``Error:`` line.
+
+The default workspace is ``./workspace`` (or ``$BUSCADOR_WORKSPACE``); ``make demo`` fills it, and
+commands whose paths are omitted read from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+WORKSPACE = Path(os.environ.get("BUSCADOR_WORKSPACE", "workspace"))
+
+
+def workspace_path(*parts: str) -> Path:
+    """A path inside the default workspace."""
+    return WORKSPACE.joinpath(*parts)
+
+
+class _Group(click.Group):
+    """Click group that turns library ``UserError`` into a one-line ``Error:`` and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        from extract.errors import UserError
+
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """buscador: feature extraction, text-to-image retrieval and genre classification."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+
+
+@cli.group(cls=_Group)
+def benchmark() -> None:
+    """Benchmarks that print figures (speed as a ratio to a baseline measured in the same run)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Image features: extract, import-vectors, demo-data
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# Text side: vectors, train, evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# Indexes and search
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# Genre classifiers
+# ----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    cli(prog_name="buscador")
+
+
+if __name__ == "__main__":
+    main()

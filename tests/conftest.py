@@ -1,0 +1,21 @@
+"""Shared pytest set-up: GPU tests are skipped where no CUDA device is present."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _has_cuda():
+        skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+        for item in gpu_items:
+            item.add_marker(skip)
