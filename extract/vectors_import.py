@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,6 @@ def import_vectors(names_path: str | os.PathLike, vectors_path: str | os.PathLik
         "dim": dim,
         "source_names": str(Path(names_path).resolve()),
         "source_vectors": str(Path(vectors_path).resolve()),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return write_features(out, names, xb, config)

@@ -142,7 +142,7 @@ def test_resume_after_repeated_sigkill(tmp_path):
             time.sleep(float(rng.uniform(0, 0.04)))
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=120)
         if out.exists():
             open_features(out)  # always readable when present
         if proc.returncode == -signal.SIGKILL:
