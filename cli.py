@@ -54,6 +54,31 @@ def benchmark() -> None:
 # Image features: extract, import-vectors, demo-data
 # ----------------------------------------------------------------------------------------------
 
+# demo data
+
+
+@cli.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n-train", default=1000, show_default=True, help="Images in the train split.")
+@click.option("--n-val", default=150, show_default=True, help="Images in the val split.")
+@click.option("--n-test", default=150, show_default=True, help="Images in the test split.")
+@click.option("--n-movies", default=1200, show_default=True, help="Movies with posters and overviews.")
+@click.option("--seed", default=0, show_default=True, help="Seed; the same seed and options give identical files.")
+@click.option("--image-size", default=256, show_default=True, help="Side of the square scene images, in pixels.")
+@click.option("--force", is_flag=True, help="Regenerate even when OUT_DIR already holds this exact demo set.")
+def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: int, seed: int,
+              image_size: int, force: bool) -> None:
+    """Draw the demo corpus into OUT_DIR: captioned scenes (train/val/test) and movies with genres.
+
+    Nothing is downloaded: every image is drawn from the seed. A folder that already holds the same
+    demo set is left as it is; one made with other options is regenerated.
+    """
+    from extract.demo import DemoConfig, generate_demo
+
+    config = DemoConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, n_movies=n_movies,
+                        image_size=image_size)
+    click.echo(generate_demo(out_dir, config, force=force).line())
+
 
 @cli.command()
 @click.argument("images", type=click.Path(path_type=Path))
