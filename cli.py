@@ -78,14 +78,15 @@ def benchmark() -> None:
     default=None,
     help="Caption file (one per line, or name<TAB>caption); default: generated Spanish captions.",
 )
+@click.option("--repeat", type=click.IntRange(min=1), default=2, show_default=True, help="Runs; the best is kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def benchmark_encode(encoder: str, n: int, captions: Path | None, as_json: bool) -> None:
+def benchmark_encode(encoder: str, n: int, captions: Path | None, repeat: int, as_json: bool) -> None:
     """Sentence encoders: load time and captions/s bare, through a cold cache and a warm one."""
     import json
 
     from retrieval.encoder_benchmark import encode_benchmark, format_table
 
-    rows = encode_benchmark(encoder, n, captions)
+    rows = encode_benchmark(encoder, n, captions, repeat)
     click.echo(json.dumps(rows, indent=1) if as_json else format_table(rows))
 
 

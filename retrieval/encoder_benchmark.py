@@ -88,21 +88,32 @@ def _timed(fn, *args):
     return value, time.perf_counter() - t0
 
 
-def benchmark_encoders(names: Sequence[str], captions: Sequence[str]) -> list[dict]:
-    """One row per encoder: cold load time, first-call time, and captions/s bare, wrapped, cold and warm cache."""
+def benchmark_encoders(names: Sequence[str], captions: Sequence[str], repeat: int = 2) -> list[dict]:
+    """One row per encoder: cold load time, first-call time, and captions/s bare, wrapped, cold and warm cache.
+
+    The four throughput measurements are interleaved ``repeat`` times and the fastest of each is kept, so a
+    burst of load from other processes hurts one figure less than it would otherwise.
+    """
     captions = list(captions)
     n = len(captions)
     rows = []
     for name in names:
         encoder, load_s = _timed(_load, name)
         _, first_s = _timed(encoder.forward, captions[:1])
-        _, bare_s = _timed(encoder.forward, captions)
-        _, wrapped_s = _timed(encoder.encode, captions)
+        best = {"bare": float("inf"), "encode": float("inf"), "cold": float("inf"), "warm": float("inf")}
+        warm_loaded = False
         with tempfile.TemporaryDirectory(prefix="buscador-encode-") as tmp:
-            cache = Path(tmp) / "cache.h5"
-            _, cold_s = _timed(cached_encode, encoder, captions, cache)
-            fresh = get_encoder(name)  # a warm cache must answer without loading the model
-            _, warm_s = _timed(cached_encode, fresh, captions, cache)
+            for r in range(max(1, repeat)):
+                cache = Path(tmp) / f"cache-{r}.h5"
+                times = {
+                    "bare": _timed(encoder.forward, captions)[1],
+                    "encode": _timed(encoder.encode, captions)[1],
+                    "cold": _timed(cached_encode, encoder, captions, cache)[1],
+                }
+                fresh = get_encoder(name)  # a warm cache must answer without loading the model
+                times["warm"] = _timed(cached_encode, fresh, captions, cache)[1]
+                warm_loaded |= fresh.loaded
+                best = {k: min(best[k], times[k]) for k in best}
             cache_mb = cache.stat().st_size / 2**20
         rows.append(
             {
@@ -110,16 +121,17 @@ def benchmark_encoders(names: Sequence[str], captions: Sequence[str]) -> list[di
                 "dim": encoder.dim,
                 "fingerprint": encoder.fingerprint,
                 "captions": n,
+                "repeat": max(1, repeat),
                 "load_s": load_s,
                 "first_call_s": first_s,
-                "bare_per_s": n / bare_s,
-                "encode_per_s": n / wrapped_s,
-                "cold_cache_per_s": n / cold_s,
-                "warm_cache_per_s": n / warm_s,
-                "encode_ratio": bare_s / wrapped_s,
-                "cold_cache_ratio": bare_s / cold_s,
-                "warm_cache_ratio": bare_s / warm_s,
-                "warm_cache_loaded_model": fresh.loaded,
+                "bare_per_s": n / best["bare"],
+                "encode_per_s": n / best["encode"],
+                "cold_cache_per_s": n / best["cold"],
+                "warm_cache_per_s": n / best["warm"],
+                "encode_ratio": best["bare"] / best["encode"],
+                "cold_cache_ratio": best["bare"] / best["cold"],
+                "warm_cache_ratio": best["bare"] / best["warm"],
+                "warm_cache_loaded_model": warm_loaded,
                 "cache_mb": cache_mb,
             }
         )
@@ -128,12 +140,12 @@ def benchmark_encoders(names: Sequence[str], captions: Sequence[str]) -> list[di
 
 
 def encode_benchmark(
-    encoder: str = "all", n: int = 500, captions: str | os.PathLike | None = None
+    encoder: str = "all", n: int = 500, captions: str | os.PathLike | None = None, repeat: int = 2
 ) -> list[dict]:
     """Benchmark one encoder (or ``"all"``) on ``n`` captions read from a file or generated in Spanish."""
     names = list(ENCODER_NAMES) if encoder == "all" else [encoder]
     texts = read_captions(captions, n) if captions is not None else spanish_captions(n)
-    return benchmark_encoders(names, texts)
+    return benchmark_encoders(names, texts, repeat)
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -151,5 +163,8 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{r['warm_cache_per_s']:>11.0f} ({r['warm_cache_ratio']:.0f}x)"
         )
     if rows:
-        lines.append(f"captions: {rows[0]['captions']} distinct; ratios are to the bare forward of the same run")
+        lines.append(
+            f"captions: {rows[0]['captions']} distinct, best of {rows[0].get('repeat', 1)} runs; "
+            "ratios are to the bare forward of the same run"
+        )
     return "\n".join(lines)

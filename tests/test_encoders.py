@@ -267,3 +267,21 @@ def test_real_encoder_through_cache_and_descriptor(real_encoder, tmp_path):
     assert desc.config == {"name": real_encoder.name, "dim": real_encoder.dim,
                            "fingerprint": real_encoder.fingerprint}
     assert np.array_equal(desc.transform(texts[::-1]), direct[::-1])
+
+
+def test_cli_benchmark_encode_json(real_encoder, tmp_path):
+    import json
+
+    from cli import cli
+
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(f"img{i}.jpg\tUna foto {i} de un barco en el puerto.\n" for i in range(6)), "utf-8")
+    args = ["benchmark", "encode", "--encoder", real_encoder.name, "--n", "4", "--repeat", "1"]
+    result = CliRunner().invoke(cli, [*args, "--captions", str(caps), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["encoder"] == real_encoder.name and row["captions"] == 4 and row["dim"] == real_encoder.dim
+    assert row["warm_cache_loaded_model"] is False
+    assert all(row[k] > 0 for k in ("bare_per_s", "encode_per_s", "cold_cache_per_s", "warm_cache_per_s"))
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0 and table.output.splitlines()[2].startswith(real_encoder.name)
