@@ -148,6 +148,36 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
 # ----------------------------------------------------------------------------------------------
 
 
+# sentence encoders
+
+
+@benchmark.command("encode")
+@click.option(
+    "--encoder",
+    type=click.Choice(["all", "use-multilingual", "e5-small"]),
+    default="all",
+    show_default=True,
+    help="Sentence encoder to time.",
+)
+@click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True, help="Captions to encode.")
+@click.option(
+    "--captions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Caption file (one per line, or name<TAB>caption); default: generated Spanish captions.",
+)
+@click.option("--repeat", type=click.IntRange(min=1), default=2, show_default=True, help="Runs; the best is kept.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def benchmark_encode(encoder: str, n: int, captions: Path | None, repeat: int, as_json: bool) -> None:
+    """Sentence encoders: load time and captions/s bare, through a cold cache and a warm one."""
+    import json
+
+    from retrieval.encoder_benchmark import encode_benchmark, format_table
+
+    rows = encode_benchmark(encoder, n, captions, repeat)
+    click.echo(json.dumps(rows, indent=1) if as_json else format_table(rows))
+
+
 # ----------------------------------------------------------------------------------------------
 # Indexes and search
 # ----------------------------------------------------------------------------------------------
