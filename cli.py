@@ -65,6 +65,91 @@ def benchmark() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@cli.group(cls=_Group)
+def index() -> None:
+    """Build and inspect FAISS indexes over feature files."""
+
+
+@index.command("build")
+@click.argument("features", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--index", "factory", default="auto", show_default=True,
+              help="faiss factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64, SQ8, SQfp16, ...) or auto.")
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine", show_default=True,
+              help="cosine = inner product on L2-normalised vectors.")
+@click.option("--memory-budget", default="8GiB", show_default=True, help="Memory the index may use (for --index auto).")
+@click.option("--train-size", type=click.IntRange(min=1), default=65536, show_default=True, help="Training sample size.")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Recall@10 the default nprobe/efSearch must reach on stored vectors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def index_build(features, out_dir, factory, metric, memory_budget, train_size, target_recall, quiet) -> None:
+    """Build an index over FEATURES.h5 and save OUT_DIR/index.faiss + OUT_DIR/index.json."""
+    from indexes.build import IndexConfig, build_index_dir, parse_size
+
+    config = IndexConfig(factory=factory, metric=metric, memory_budget=parse_size(memory_budget),
+                         train_size=train_size, target_recall=target_recall)
+    meta = build_index_dir(features, out_dir, config, quiet=quiet)
+    tuned = ", ".join(f"{k}={v}" for k, v in meta["search_params"].items())
+    click.echo(f"{out_dir}: {meta['factory']} ({meta['metric']}) over {meta['n']} x {meta['d']} in "
+               f"{meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}")
+
+
+@index.command("info")
+@click.argument("index_dir", type=click.Path(file_okay=False), default=str(workspace_path("index")))
+def index_info(index_dir) -> None:
+    """Print the sidecar of an index folder (how it was built)."""
+    import json
+
+    from indexes.io import read_sidecar
+
+    click.echo(json.dumps(read_sidecar(index_dir), indent=1, sort_keys=True))
+
+
+@cli.command("search")
+@click.argument("query", nargs=-1)
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=str(workspace_path("index")),
+              show_default=True, help="Index folder.")
+@click.option("--model", type=click.Path(dir_okay=False), default=str(workspace_path("regressor.pt")),
+              show_default=True, help="Text regressor checkpoint (text queries).")
+@click.option("-k", type=int, default=5, show_default=True, help="Results per query.")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False), help="Query by image (repeatable).")
+@click.option("--id", "ids", multiple=True, help="Query by the stored vector of an indexed id (repeatable).")
+@click.option("--queries-file", type=click.Path(exists=True, dir_okay=False), help="Text queries, one a line.")
+@click.option("--features", type=click.Path(exists=True, dir_okay=False), help="Feature file (default: the one in the sidecar).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--contact-sheet", "sheets", multiple=True, type=click.Path(dir_okay=False),
+              help="Write the thumbnails to a .png or .html (repeatable).")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False),
+              help="JSON-lines ground truth ({\"id\": ..., FIELD: bool}) to mark each result.")
+@click.option("--truth-field", default="person_on_bicycle", show_default=True)
+@click.option("--timings", is_flag=True, help="Print the time of each stage (to stderr).")
+def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, device, as_json, sheets, truth,
+               truth_field, timings) -> None:
+    """Search images by a Spanish description, e.g. `search "una persona en bicicleta"`."""
+    import time
+
+    t0 = time.perf_counter()
+    from indexes.search import answer, read_queries_file
+
+    texts = [" ".join(query)] if query else []
+    if queries_file:
+        texts += read_queries_file(queries_file)
+    results = answer(index_dir, texts=texts, images=images, ids=ids, model=model, k=k, features=features, device=device)
+    flags = None
+    if truth or sheets:
+        from indexes.sheet import load_truth, truth_flags, write_contact_sheet
+
+        table = load_truth(truth, truth_field) if truth else None
+        flags = truth_flags(results, table) if table is not None else None
+        for sheet in sheets:
+            write_contact_sheet(results, sheet, table)
+    results.timings["total"] = time.perf_counter() - t0
+    click.echo(results.format(as_json, flags, truth_field))
+    if timings:
+        click.echo("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results.timings.items()), err=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Genre classifiers
 # ----------------------------------------------------------------------------------------------
