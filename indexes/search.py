@@ -243,8 +243,6 @@ class Searcher:
 
 def load_text_model(path: str | os.PathLike):
     """The numpy-only text query encoder of a regressor checkpoint (``retrieval.query.load_text_encoder``)."""
-    if not Path(path).is_file():
-        raise UserError(f"text model {path} does not exist; train one with `cli.py train` or pass --model CKPT")
     from retrieval.query import load_text_encoder
 
     return load_text_encoder(path)
@@ -282,6 +280,8 @@ def answer(
     if texts:
         if model is None:
             raise UserError("text queries need a text model; pass --model CKPT")
+        if not Path(model).is_file():
+            raise UserError(f"text model {model} does not exist; train one with `cli.py train` or pass --model CKPT")
         t1 = time.perf_counter()
         encoder = load_text_model(model)
         searcher.timings["model_load"] = time.perf_counter() - t1
