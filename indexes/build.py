@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import UserError
-from extract.store import FeatureFile, open_features
+from extract.store import FeatureFile, fingerprint, open_features
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,28 @@ def _progress(total: int, desc: str, quiet: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=quiet or not sys.stderr.isatty())
+
+
+class ArrayFeatures:
+    """An in-memory ``(n, d)`` array with the feature-file interface the builder reads (``load``, ``iter_blocks``)."""
+
+    def __init__(self, xb: np.ndarray, ids: list[str] | None = None, config: dict | None = None, name: str = "array"):
+        self.xb = np.asarray(xb, dtype=np.float32)
+        self.ids = ids if ids is not None else [str(i) for i in range(len(self.xb))]
+        self.dim = int(self.xb.shape[1])
+        self.config = config or {}
+        self.path = name
+        self.fingerprint = fingerprint(self.ids, self.xb.shape)
+
+    def __len__(self) -> int:
+        return len(self.xb)
+
+    def load(self, rows=None) -> np.ndarray:
+        return self.xb.copy() if rows is None else self.xb[np.asarray(rows, dtype=np.int64)]
+
+    def iter_blocks(self, block_rows: int = 65536):
+        for start in range(0, len(self.xb), block_rows):
+            yield start, self.xb[start : start + block_rows].copy()
 
 
 @dataclass

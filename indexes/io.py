@@ -142,7 +142,7 @@ def check_query_model(meta: dict, model_config: dict, dim: int | None = None, wh
 
     ``model_config`` is the encoder's config; its dimension is ``dim`` or a ``feature_dim``-like key, its
     image model a ``features_model``-like key. A different feature-file fingerprint (a regressor trained on
-    other images of the same model) is only logged: the vectors still live in the same space.
+    other images of the same model) gets a warning, not a refusal: the vectors still live in the same space.
     """
     dim = dim if dim is not None else _lookup(model_config, "feature_dim", "image_dim", "out_dim", "target_dim", "dim")
     if dim is not None and int(dim) != int(meta["d"]):
@@ -153,6 +153,11 @@ def check_query_model(meta: dict, model_config: dict, dim: int | None = None, wh
     if model is not None and built_model is not None and str(model) != str(built_model):
         raise UserError(f"{what} was trained on {model} image features but the index holds {built_model} features; "
                         "use a matching model or rebuild the index")
+    metric = model_config.get("metric")
+    if metric is not None and metric != meta["metric"]:
+        raise UserError(f"{what} is meant to be compared by {metric} but the index uses {meta['metric']}; "
+                        f"rebuild the index with --metric {metric}")
     fp = _lookup(model_config, "features_fingerprint", "feature_fingerprint")
     if fp is not None and fp != meta["features"]["fingerprint"]:
-        log.info("%s was trained on features %s; the index holds features %s", what, fp, meta["features"]["fingerprint"])
+        log.warning("%s was trained on features %s but the index holds features %s (same model; searching anyway)",
+                    what, fp, meta["features"]["fingerprint"])
