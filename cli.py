@@ -163,14 +163,16 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 @click.option("--kind", "kinds", multiple=True, help="Index kinds to compare (repeatable; default: Flat, HNSW32, IVF-Flat, IVF-SQ8, IVF-PQ).")
 @click.option("--nq", type=click.IntRange(min=1), default=1000, show_default=True, help="Batch queries.")
 @click.option("--single", type=click.IntRange(min=1), default=200, show_default=True, help="Single queries timed one by one.")
+@click.option("--train-size", type=click.IntRange(min=1), default=40_960, show_default=True,
+              help="Training sample of the trained kinds (IVF needs ~39 per list).")
 @click.option("--scaling", default="", help="Comma-separated N for the scaling part, e.g. 10000,100000,1000000.")
 @click.option("--scaling-budget", default="2GiB", show_default=True, help="Memory budget of the auto index in the scaling part.")
 @click.option("--cold", is_flag=True, help="Time fresh `cli.py search` processes on --index/--model.")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=str(workspace_path("index")), show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG (rank histograms, recall vs latency).")
 @click.option("--json", "as_json", is_flag=True)
-def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, scaling, scaling_budget, cold,
-                     index_dir, plot_path, as_json) -> None:
+def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, train_size, scaling,
+                     scaling_budget, cold, index_dir, plot_path, as_json) -> None:
     """Retrieval quality through an index, speed/recall of index kinds, scaling, and cold-start time."""
     import json
 
@@ -182,9 +184,10 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
         if not features:
             raise click.UsageError("--captions needs --features")
         quality = {"features": features, "captions": list(captions), "model": model, "factory": quality_index}
-    speed = {"n": n, "d": dim, "factories": list(kinds) or default_kinds(n, dim), "nq": nq, "n_single": single} if n else None
+    speed = {"n": n, "d": dim, "factories": list(kinds) or default_kinds(n, dim), "nq": nq, "n_single": single,
+             "train_size": train_size} if n else None
     sizes = [int(s) for s in scaling.split(",") if s.strip()]
-    scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget)} if sizes else None
+    scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size} if sizes else None
     cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
     report = run(quality, speed, scale, cold_args, plot_path)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))

@@ -52,6 +52,7 @@ class IndexConfig:
     block_rows: int = 16_384
     target_recall: float = 0.95
     calibration_queries: int = 200
+    kmeans_iters: int = 10
     seed: int = 0
     search_params: dict = field(default_factory=dict)
 
@@ -193,6 +194,9 @@ def build_index(
         if config.normalize:
             normalize_rows(xt)
         train_n = len(xt)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.niter = config.kmeans_iters  # 10 k-means rounds: cells barely move after that
         log.info("training on a sample of %d vectors", train_n)
         try:
             index.train(xt)

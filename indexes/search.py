@@ -124,7 +124,7 @@ class Results:
 
 def image_path(config: dict, image_id: str) -> str:
     """Where the image ``image_id`` lives: under the image root recorded in the extraction config, if any."""
-    for key in ("image_root", "images_root", "root", "images"):
+    for key in ("image_root", "images_root", "root"):
         root = config.get(key)
         if isinstance(root, str) and root:
             return str(Path(root) / image_id)
