@@ -273,12 +273,15 @@ def encode_genres(
 ) -> tuple[np.ndarray, list[str], Counter]:
     """Genre names per movie -> ``(n, G) uint8`` multi-hot, the genre order, and unknown-name counts.
 
-    Without ``genres`` the order is by training frequency (descending), then name. With ``genres``,
-    names are matched case-insensitively and names outside it are counted, not encoded.
+    Names are matched case-insensitively (the first spelling seen names the genre). Without ``genres``
+    the order is by frequency (descending), then name; with ``genres``, names outside it are counted, not encoded.
     """
     if genres is None:
-        counts = Counter(g for movie in names for g in movie)
-        genres = sorted(counts, key=lambda g: (-counts[g], g))
+        counts = Counter(g.casefold() for movie in names for g in movie)
+        spelling: dict[str, str] = {}
+        for g in (g for movie in names for g in movie):
+            spelling.setdefault(g.casefold(), g)
+        genres = sorted(spelling.values(), key=lambda g: (-counts[g.casefold()], g))
     col = {g.casefold(): j for j, g in enumerate(genres)}
     Y = np.zeros((len(names), len(genres)), np.uint8)
     unknown: Counter = Counter()
