@@ -234,7 +234,8 @@ def index_info(index_dir) -> None:
 @click.option("--id", "ids", multiple=True, help="Query by the stored vector of an indexed id (repeatable).")
 @click.option("--queries-file", type=click.Path(exists=True, dir_okay=False), help="Text queries, one a line.")
 @click.option("--features", type=click.Path(exists=True, dir_okay=False), help="Feature file (default: the one in the sidecar).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: GPU when faiss has GPU support and a GPU is present, else CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--contact-sheet", "sheets", multiple=True, type=click.Path(dir_okay=False),
               help="Write the thumbnails to a .png or .html (repeatable).")
