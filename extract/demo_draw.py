@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from extract.demo_scenes import COLORS, Scene, SceneObject
 
@@ -27,28 +27,31 @@ _PALETTE = {
 }
 
 
-def _jit(rgb, rng: np.random.Generator, amount: int = 10) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+def jitter(rgb, rng: np.random.Generator, amount: int = 10) -> tuple[int, int, int]:
+    """``rgb`` with each channel moved by a random integer in [-amount, amount], clipped to 0..255."""
+    return tuple(min(255, max(0, int(c) + int(v))) for c, v in zip(rgb, rng.integers(-amount, amount + 1, 3)))
+
+
+_jit = jitter
 
 
 def _shade(rgb, f: float) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c * f, 0, 255)) for c in rgb)
+    return tuple(min(255, max(0, int(c * f))) for c in rgb)
 
 
-def _vertical_gradient(top, bottom, height: int, width: int) -> np.ndarray:
+def gradient(top, bottom, width: int, height: int) -> Image.Image:
+    """A (width, height) RGB image fading vertically from colour ``top`` to ``bottom``."""
     t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     rows = np.asarray(top, np.float32) * (1 - t) + np.asarray(bottom, np.float32) * t
-    return np.broadcast_to(rows[:, None, :], (height, width, 3))
+    return Image.fromarray(np.round(rows).astype(np.uint8)[:, None, :]).resize((width, height), Image.NEAREST)
 
 
 def _background(setting: str, S: int, rng: np.random.Generator) -> Image.Image:
     sky_top, sky_bottom, ground, line = _PALETTE[setting]
     g = int(line * S)
-    arr = np.empty((S, S, 3), np.uint8)
-    arr[:g] = _vertical_gradient(_jit(sky_top, rng), _jit(sky_bottom, rng), g, S)
-    arr[g:] = _jit(ground, rng, 8)
-    img = Image.fromarray(arr)
+    img = gradient(_jit(sky_top, rng), _jit(sky_bottom, rng), S, g).crop((0, 0, S, S))
     d = ImageDraw.Draw(img)
+    d.rectangle((0, g, S, S), fill=_jit(ground, rng, 8))
     _DECOR[setting](d, S, g, rng)
     return img
 
@@ -310,7 +313,7 @@ def _draw_sol(d, box, rgb, rng, flip):
 
 
 def _draw_luna(d, box, rgb, rng, flip):
-    x0, y0, x1, y1 = box
+    x0, y0, x1, _ = box
     d.ellipse(box, fill=(242, 240, 220))
     w = x1 - x0
     for fx, fy, fr in ((0.35, 0.35, 0.12), (0.6, 0.6, 0.09), (0.62, 0.3, 0.06)):
@@ -335,19 +338,34 @@ def _draw_object(d, obj: SceneObject, S: int, rng: np.random.Generator) -> None:
 
 
 @lru_cache(maxsize=4)
-def noise_bank(seed: int, size: int) -> np.ndarray:
-    """(2*size, 2*size, 3) int16 pixel noise (sigma 5); each image adds a random window of it."""
-    return np.round(np.random.default_rng([seed, 7]).normal(0, 5, (2 * size, 2 * size, 3))).astype(np.int16)
+def noise_bank(seed: int, size: int) -> tuple[Image.Image, Image.Image]:
+    """Pixel noise (sigma 5) as two (2*size, 2*size) images, positive and negative parts.
+
+    Each picture adds a random window of the first and subtracts the same window of the second.
+    """
+    noise = np.round(np.random.default_rng([seed, 7]).normal(0, 5, (2 * size, 2 * size, 3)))
+    pos = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+    neg = Image.fromarray(np.clip(-noise, 0, 255).astype(np.uint8))
+    return pos, neg
 
 
-def draw_scene(scene: Scene, size: int, rng: np.random.Generator, noise: np.ndarray | None = None) -> Image.Image:
-    """Render ``scene`` as a ``size``x``size`` RGB image; ``noise`` is a :func:`noise_bank` array."""
+def add_noise(img: Image.Image, noise: tuple[Image.Image, Image.Image], rng: np.random.Generator,
+              brightness: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
+    """``img`` scaled by a random brightness factor plus a random window of a :func:`noise_bank`."""
+    w, h = img.size
+    ox, oy = int(rng.integers(0, noise[0].width - w + 1)), int(rng.integers(0, noise[0].height - h + 1))
+    f = float(rng.uniform(*brightness))
+    if f != 1.0:
+        img = img.point([min(255, int(i * f)) for i in range(256)] * 3)
+    box = (ox, oy, ox + w, oy + h)
+    return ImageChops.subtract(ImageChops.add(img, noise[0].crop(box)), noise[1].crop(box))
+
+
+def draw_scene(scene: Scene, size: int, rng: np.random.Generator,
+               noise: tuple[Image.Image, Image.Image] | None = None) -> Image.Image:
+    """Render ``scene`` as a ``size``x``size`` RGB image; ``noise`` comes from :func:`noise_bank`."""
     img = _background(scene.setting, size, rng)
     d = ImageDraw.Draw(img)
     for i in scene.order:
         _draw_object(d, scene.objects[i], size, rng)
-    if noise is None:
-        return img
-    oy, ox = (int(v) for v in rng.integers(0, size, 2))
-    arr = np.asarray(img, np.int16) * float(rng.uniform(0.92, 1.06)) + noise[oy:oy + size, ox:ox + size]
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img if noise is None else add_noise(img, noise, rng, (0.92, 1.06))

@@ -285,12 +285,17 @@ def sample_scene(rng: np.random.Generator, cyclist: bool = False) -> Scene:
     return Scene(setting, tuple(objects), tuple(relations), tuple(order))
 
 
+def split_code(split: str) -> int:
+    """A stable integer for a split name, used in the per-image seeds (``[seed, code, stream, i]``)."""
+    return sum(ord(c) * 31**i for i, c in enumerate(split)) % (2**31)
+
+
 def split_scenes(seed: int, split: str, n: int, cyclist_share: float = 0.09) -> list[Scene]:
     """The ``n`` scenes of one split; scene i depends only on (seed, split, i) and the cyclist quota.
 
     Exactly ``round(cyclist_share * n)`` scenes (at least one when n >= 5) show a person on a bicycle.
     """
-    code = sum(ord(c) * 31**i for i, c in enumerate(split)) % (2**31)
+    code = split_code(split)
     n_cyc = max(round(cyclist_share * n), 1 if n >= 5 else 0)
     cyclists = set(np.random.default_rng([seed, code, 0]).permutation(n)[:n_cyc].tolist())
     return [sample_scene(np.random.default_rng([seed, code, 1, i]), cyclist=i in cyclists) for i in range(n)]

