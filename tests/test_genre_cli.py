@@ -141,3 +141,15 @@ def test_features_that_join_no_movie_and_a_foreign_checkpoint(tmp_path, movies):
     junk.write_bytes(b"not a checkpoint")
     result = runner.invoke(cli, ["genres", "evaluate", str(junk)])
     assert result.exit_code == 1 and "cannot read" in result.output
+
+
+def test_predict_refuses_features_without_a_recorded_backbone(tmp_path, movies):
+    _, labels, feats = movies  # planted features: config has no backbone weights
+    ckpt = tmp_path / "p.pt"
+    runner = CliRunner()
+    _ok(runner.invoke(cli, ["genres", "train", "--labels", str(labels), "--features", str(feats), "--model", "poster",
+                            "--out", str(ckpt), "--quiet", "--epochs", "2"]))
+    img = tmp_path / "x.png"
+    _poster(img, (10, 20, 30))
+    result = runner.invoke(cli, ["genres", "predict", str(ckpt), "--poster", str(img)])
+    assert result.exit_code == 1 and "record no backbone" in result.output and "Traceback" not in result.output

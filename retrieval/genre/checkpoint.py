@@ -194,7 +194,11 @@ def predict_movie(
             from extract.features import embed_images
         except ImportError as exc:
             raise UserError(f"extracting poster features needs extract.features, which is not available ({exc})") from None
-        feats, failed = embed_images([poster], (clf.features or {}).get("config", {}), device)
+        config = (clf.features or {}).get("config", {})
+        if not config.get("model") or not config.get("weights"):
+            raise UserError(f"the model's poster features ({(clf.features or {}).get('path')}) record no backbone, so a new "
+                            "poster cannot be embedded like them; train on features made by `cli.py extract`")
+        feats, failed = embed_images([poster], config, device)
         if failed or len(feats) != 1:
             why = failed[0][1] if failed and isinstance(failed[0], (tuple, list)) else failed
             raise UserError(f"cannot read poster {poster}: {why}")
