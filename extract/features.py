@@ -194,12 +194,17 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
     loader = _loader([root / i for i in todo], bb.image_size, max_pixels, batch_size, workers,
                      pin=bb.device.type == "cuda")
     written, failed = 0, []
+    spent = {"waiting for images": 0.0, "forward": 0.0, "writing": 0.0}
     bar = tqdm(total=len(todo), unit="img", disable=quiet or not sys.stderr.isatty(), desc="extract")
     try:
+        t = time.perf_counter()
         for good, xb, bad in loader:
+            t = _lap(spent, "waiting for images", t)
             feats = bb.forward(bb.normalize(xb)).numpy() if xb is not None else np.zeros((0, bb.dim), np.float32)
+            t = _lap(spent, "forward", t)
             bad_pairs = [(todo[i], why) for i, why in bad]
             writer.commit([todo[i] for i in good], feats, bad_pairs)
+            t = _lap(spent, "writing", t)
             written += len(good)
             failed += bad_pairs
             for i, why in bad_pairs:
@@ -207,7 +212,14 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
             bar.update(len(good) + len(bad))
     finally:
         bar.close()
+    log.info("extraction loop: %s", ", ".join(f"{v:.2f} s {k}" for k, v in spent.items()))
     return written, failed
+
+
+def _lap(spent: dict[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    spent[key] += now - since
+    return now
 
 
 def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
