@@ -71,15 +71,18 @@ def benchmark() -> None:
               help="Image root for ids and relative paths [the folder, or the list file's folder].")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images (decompression-bomb guard).")
+@click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between durable commits of finished batches (0: every batch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
-            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, quiet: bool) -> None:
+            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
+            quiet: bool) -> None:
     """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5; resumable."""
     from extract.features import extract_features
 
     summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size, workers=workers,
                                device=device, image_size=image_size, limit=limit, root=root,
-                               max_pixels=max_pixels, quiet=quiet)
+                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
     click.echo(summary.report())
 
 

@@ -125,7 +125,7 @@ def test_resume_after_repeated_sigkill(tmp_path):
     folder, out = tmp_path / "imgs", tmp_path / "killed.h5"
     extract_features(folder, out, limit=16, workers=0, **TINY)  # an existing file, so kills can hit the merge
     cmd = [sys.executable, "cli.py", "extract", str(folder), str(out), "--model", "resnet18", "--weights", "none",
-           "--image-size", "32", "--batch-size", "4", "--workers", "1", "--quiet"]
+           "--image-size", "32", "--batch-size", "4", "--workers", "1", "--commit-every", "0", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     rng = np.random.default_rng(0)
     kills, runs = 0, 0
