@@ -57,7 +57,7 @@ def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> float:
 
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
                       device: str = "auto", image_size: int | None = None, images: int = 32,
-                      rounds: int = 3) -> dict:
+                      rounds: int = 3, threads: int | None = None) -> dict:
     """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
 
     Each round times the bare forward on ``images`` ready tensors, then a fresh full extraction of the
@@ -69,6 +69,8 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     if rounds < 1:
         raise UserError("--rounds must be >= 1")
     images -= images % batch_size  # whole batches only, so both sides run the same shapes
+    if threads:
+        torch.set_num_threads(threads)
     note = ""
     if weights == "auto":
         try:

@@ -241,6 +241,9 @@ def _lap(spent: dict[str, float], key: str, since: float) -> float:
 
 def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
     """Rebuild the backbone that made a feature file, from its config; refuses different weights."""
+    if config.get("model") in (None, "imported"):
+        raise UserError("this feature file was imported from precomputed vectors and records no backbone; "
+                        "embed new images with a file made by `cli.py extract`")
     weights = {"file": config.get("weights_source", "")}.get(config.get("weights"), config.get("weights", "imagenet"))
     bb = load_backbone(config["model"], weights, device, config.get("image_size"), config.get("seed") or 0)
     if config.get("weights_sha256", "") != bb.config["weights_sha256"]:
