@@ -157,3 +157,11 @@ def test_resume_after_repeated_sigkill(tmp_path):
     assert sorted(i for i, _ in a.failed) == sorted(bad) and sorted(a.failed) == sorted(b.failed)
     np.testing.assert_allclose(_by_id(a.path, good), _by_id(b.path, good), **TOL)
     assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_embedding_against_an_imported_file_is_refused(tmp_path):
+    from extract.store import write_features
+
+    write_features(tmp_path / "imp.h5", ["a.jpg"], np.zeros((1, 8), np.float32), {"model": "imported"})
+    with pytest.raises(UserError, match="imported from precomputed vectors"):
+        embed_images([tmp_path / "a.jpg"], tmp_path / "imp.h5")
