@@ -165,3 +165,13 @@ def test_embedding_against_an_imported_file_is_refused(tmp_path):
     write_features(tmp_path / "imp.h5", ["a.jpg"], np.zeros((1, 8), np.float32), {"model": "imported"})
     with pytest.raises(UserError, match="imported from precomputed vectors"):
         embed_images([tmp_path / "a.jpg"], tmp_path / "imp.h5")
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_matches_cpu(tmp_path):
+    good, _ = draw_dataset(tmp_path / "imgs", 8)
+    extract_features(tmp_path / "imgs", tmp_path / "cpu.h5", workers=0, device="cpu", **TINY)
+    extract_features(tmp_path / "imgs", tmp_path / "gpu.h5", workers=1, device="cuda", **TINY)
+    a, b = _by_id(tmp_path / "cpu.h5", good), _by_id(tmp_path / "gpu.h5", good)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99  # fp16/bf16 autocast on the GPU, fp32 on the CPU
