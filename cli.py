@@ -96,15 +96,18 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
               help="Image root for ids and relative paths [the folder, or the list file's folder].")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images (decompression-bomb guard).")
+@click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between durable commits of finished batches (0: every batch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
-            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, quiet: bool) -> None:
+            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
+            quiet: bool) -> None:
     """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5; resumable."""
     from extract.features import extract_features
 
     summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size, workers=workers,
                                device=device, image_size=image_size, limit=limit, root=root,
-                               max_pixels=max_pixels, quiet=quiet)
+                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
     click.echo(summary.report())
 
 
@@ -130,16 +133,19 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--image-size", type=click.IntRange(min=16))
-@click.option("--images", default=64, show_default=True, type=click.IntRange(min=1), help="Images to draw and extract.")
+@click.option("--images", default=32, show_default=True, type=click.IntRange(min=1), help="Images to draw and extract.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Alternating timing rounds.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for the forward [torch default].")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, device: str,
-                          image_size: int | None, images: int, as_json: bool) -> None:
+                          image_size: int | None, images: int, rounds: int, threads: int | None,
+                          as_json: bool) -> None:
     """Images/s of the full extraction pipeline vs the bare model forward (same run, model, batch, device)."""
     import json
 
     from extract.bench import benchmark_extract, format_table
 
-    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images)
+    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
