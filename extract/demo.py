@@ -19,6 +19,7 @@ is written last, so a folder with a manifest is always complete.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import shutil
@@ -94,6 +95,17 @@ class DemoSummary:
         what = "already there, skipped" if self.skipped else f"written in {self.seconds:.1f}s"
         return (f"demo data in {self.out_dir}: {imgs} images, {self.captions} captions, "
                 f"{sum(self.cyclists.values())} with a person on a bicycle, {self.movies} movies ({what})")
+
+
+def source_fingerprint() -> str:
+    """sha256 (16 hex digits) of the generator's source: a code change invalidates an existing demo folder."""
+    from extract import demo_captions, demo_draw, demo_movie_text, demo_movies, demo_scenes
+
+    h = hashlib.sha256()
+    for module in (demo_scenes, demo_draw, demo_captions, demo_movies, demo_movie_text):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _entries() -> list[str]:
@@ -190,18 +202,21 @@ def _check_target(out_dir: Path, config: DemoConfig) -> None:
 def generate_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), force: bool = False) -> DemoSummary:
     """Write the demo corpus into ``out_dir`` (see the module doc for the layout).
 
-    A folder whose manifest has the same config is left as it is (``skipped=True``) unless ``force``;
-    a demo folder made with other options is regenerated (only the demo's own entries are replaced).
+    A folder whose manifest has the same config and generator source is left as it is (``skipped=True``)
+    unless ``force``; a demo folder made with other options or by another version of the generator is
+    regenerated (only the demo's own entries are replaced; other files in the folder are kept).
     """
     config.check()
     out_dir = Path(out_dir)
     _check_target(out_dir, config)
     manifest = read_manifest(out_dir)
-    if manifest is not None and manifest.get("config") == config.to_json() and not force:
+    source = source_fingerprint()
+    same = manifest is not None and (manifest.get("config"), manifest.get("source")) == (config.to_json(), source)
+    if same and not force:
         return DemoSummary(out_dir, manifest["images"], manifest["captions"], manifest["movies"],
                            manifest["person_on_bicycle"], skipped=True)
-    if manifest is not None and manifest.get("config") != config.to_json():
-        log.warning("%s holds demo data made with other options; regenerating it", out_dir)
+    if manifest is not None and not same:
+        log.warning("%s holds demo data made with other options or another generator; regenerating it", out_dir)
     start = time.perf_counter()
     partial = out_dir / ".partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -220,6 +235,7 @@ def generate_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), force:
     manifest = {
         "generator": "buscador demo-data",
         "version": GENERATOR_VERSION,
+        "source": source,
         "config": config.to_json(),
         "images": counts,
         "captions": n_captions,
