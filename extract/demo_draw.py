@@ -83,7 +83,7 @@ def _decor_calle(d, S, g, rng):
     x = 0
     while x < S:
         w, top = int(S * rng.uniform(0.14, 0.24)), int(S * rng.uniform(0.08, 0.32))
-        col = _jit((150, 140, 130), rng, 25)
+        col = _jit((150, 142, 135), rng, 10)
         d.rectangle((x, top, x + w, int(0.6 * S)), fill=col)
         for wy in range(top + 6, int(0.57 * S), 12):
             for wx in range(x + 5, x + w - 6, 11):
@@ -157,7 +157,7 @@ def _figure(d, hip, shoulder, r, shirt, skin, trousers, feet, hands, lw):
         knee = ((hip[0] + foot[0]) / 2 + lw, (hip[1] + foot[1]) / 2)
         _line(d, hip, knee, trousers, lw * 1.2)
         _line(d, knee, foot, trousers, lw * 1.1)
-    _line(d, hip, shoulder, shirt, lw * 2.6)
+    _line(d, hip, shoulder, shirt, lw * 3.4)
     for hand in hands:
         _line(d, shoulder, hand, shirt, lw)
     hx, hy = shoulder[0], shoulder[1] - r * 1.1
