@@ -99,7 +99,13 @@ class DemoSummary:
 
 def source_fingerprint() -> str:
     """sha256 (16 hex digits) of the generator's source: a code change invalidates an existing demo folder."""
-    from extract import demo_captions, demo_draw, demo_movie_text, demo_movies, demo_scenes
+    from extract import (
+        demo_captions,
+        demo_draw,
+        demo_movie_text,
+        demo_movies,
+        demo_scenes,
+    )
 
     h = hashlib.sha256()
     for module in (demo_scenes, demo_draw, demo_captions, demo_movies, demo_movie_text):

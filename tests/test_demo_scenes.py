@@ -8,9 +8,22 @@ import re
 import numpy as np
 import pytest
 
-from extract.demo_captions import NOUNS, SETTING_PHRASES, color_word, noun_phrase, scene_captions
+from extract.demo_captions import (
+    NOUNS,
+    SETTING_PHRASES,
+    color_word,
+    noun_phrase,
+    scene_captions,
+)
 from extract.demo_draw import draw_scene, noise_bank
-from extract.demo_scenes import COLORS, KIND_COLORS, SETTINGS, SceneObject, sample_scene, split_scenes
+from extract.demo_scenes import (
+    COLORS,
+    KIND_COLORS,
+    SETTINGS,
+    SceneObject,
+    sample_scene,
+    split_scenes,
+)
 
 SCENES = split_scenes(11, "train", 600)
 CAPTIONS = [scene_captions(s, np.random.default_rng([11, i])) for i, s in enumerate(SCENES)]
