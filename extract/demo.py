@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SOURCES = ("demo.py", "demo_scenes.py", "demo_draw.py", "demo_captions.py", "demo_movies.py", "demo_movie_text.py")
 _MOVIE_STREAM = 1_000_003  # keeps movie seeds apart from every split's seeds
 
 
@@ -99,18 +100,9 @@ class DemoSummary:
 
 def source_fingerprint() -> str:
     """sha256 (16 hex digits) of the generator's source: a code change invalidates an existing demo folder."""
-    from extract import (
-        demo_captions,
-        demo_draw,
-        demo_movie_text,
-        demo_movies,
-        demo_scenes,
-    )
-
     h = hashlib.sha256()
-    for module in (demo_scenes, demo_draw, demo_captions, demo_movies, demo_movie_text):
-        h.update(Path(module.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
+    for name in _SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -164,3 +164,15 @@ def test_cli_bad_input_is_one_error_line(tmp_path):
     assert result.output.strip().splitlines() == ["Error: --image-size must be between 64 and 1024 pixels, got 10"]
     result = CliRunner().invoke(cli, ["demo-data", str(tmp_path / "f")])
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_a_changed_generator_regenerates(tmp_path, monkeypatch):
+    from extract import demo
+
+    config = DemoConfig(seed=1, n_train=6, n_val=5, n_test=5, n_movies=3, image_size=64)
+    generate_demo(tmp_path / "d", config)
+    assert generate_demo(tmp_path / "d", config).skipped
+    monkeypatch.setattr(demo, "source_fingerprint", lambda: "another-version")
+    assert not generate_demo(tmp_path / "d", config).skipped
+    assert read_manifest(tmp_path / "d")["source"] == "another-version"
+    assert generate_demo(tmp_path / "d", config).skipped
