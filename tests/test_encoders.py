@@ -285,3 +285,30 @@ def test_cli_benchmark_encode_json(real_encoder, tmp_path):
     assert all(row[k] > 0 for k in ("bare_per_s", "encode_per_s", "cold_cache_per_s", "warm_cache_per_s"))
     table = CliRunner().invoke(cli, args)
     assert table.exit_code == 0 and table.output.splitlines()[2].startswith(real_encoder.name)
+
+
+def test_two_writers_on_one_cache_encode_each_text_once(tmp_path):
+    import threading
+    import time
+
+    class Slow(CountingEncoder):
+        def encode(self, texts):
+            time.sleep(0.05)
+            return super().encode(texts)
+
+    cache = tmp_path / "c.h5"
+    many = [f"Un velero {i} en la bahía." for i in range(12)]
+    workers = [Slow(), Slow()]
+    results = [None, None]
+
+    def run(i):
+        results[i] = cached_encode(workers[i], many, cache, batch_size=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(workers[0].seen + workers[1].seen) == sorted(many)  # the lock made the later one read
+    assert np.array_equal(results[0], results[1])
+    assert open_features(cache).ids == [text_key(t) for t in many]
