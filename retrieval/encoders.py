@@ -413,7 +413,8 @@ class SentenceDescriptor:
     """Caption descriptor backed by a sentence encoder: ``transform(texts) -> (n, dim) float32``.
 
     ``fit`` learns nothing (the encoder is pretrained). With ``cache_path`` every transform goes through
-    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption.
+    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption. Give each encoder its
+    own cache file (e.g. ``cache/e5-small.h5``): a file filled by another encoder is rebuilt.
     """
 
     def __init__(self, name: str, cache_path: str | os.PathLike | None = None, progress: bool = False) -> None:

@@ -276,15 +276,14 @@ def test_cli_benchmark_encode_json(real_encoder, tmp_path):
 
     caps = tmp_path / "caps.txt"
     caps.write_text("".join(f"img{i}.jpg\tUna foto {i} de un barco en el puerto.\n" for i in range(6)), "utf-8")
-    args = ["benchmark", "encode", "--encoder", real_encoder.name, "--n", "4", "--repeat", "1"]
-    result = CliRunner().invoke(cli, [*args, "--captions", str(caps), "--json"])
+    args = ["benchmark", "encode", "--encoder", real_encoder.name, "--n", "4", "--repeat", "1", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--captions", str(caps)])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert row["encoder"] == real_encoder.name and row["captions"] == 4 and row["dim"] == real_encoder.dim
     assert row["warm_cache_loaded_model"] is False
     assert all(row[k] > 0 for k in ("bare_per_s", "encode_per_s", "cold_cache_per_s", "warm_cache_per_s"))
-    table = CliRunner().invoke(cli, args)
-    assert table.exit_code == 0 and table.output.splitlines()[2].startswith(real_encoder.name)
+    assert format_table([row]).splitlines()[2].startswith(real_encoder.name)
 
 
 def test_two_writers_on_one_cache_encode_each_text_once(tmp_path):
@@ -312,3 +311,11 @@ def test_two_writers_on_one_cache_encode_each_text_once(tmp_path):
     assert sorted(workers[0].seen + workers[1].seen) == sorted(many)  # the lock made the later one read
     assert np.array_equal(results[0], results[1])
     assert open_features(cache).ids == [text_key(t) for t in many]
+
+
+def test_unreadable_cache_is_a_user_error(tmp_path):
+    cache = tmp_path / "c.h5"
+    cache.write_bytes(b"\x00garbage, not HDF5")
+    with pytest.raises(UserError, match="cannot read .* as HDF5"):
+        cached_encode(CountingEncoder(), TEXTS, cache)
+    assert cache.read_bytes() == b"\x00garbage, not HDF5"
