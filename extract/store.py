@@ -152,8 +152,10 @@ def _create_layout(f: h5py.File, dim: int, config: dict) -> None:
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
     for key, value in config.items():
-        if isinstance(value, (str, int, float, bool)):
-            f.attrs[key] = value
+        for kind in (bool, int, float, str):  # plain types only (str subclasses such as TorchVersion too)
+            if isinstance(value, kind):
+                f.attrs[key] = kind(value)
+                break
 
 
 def _append(ds: h5py.Dataset, values) -> None:

@@ -1,0 +1,257 @@
+"""The batched extraction loop: images -> backbone -> resumable HDF5 feature file.
+
+Decoding and resizing run in DataLoader worker processes and travel as ``uint8`` tensors; the main
+process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
+(autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.store.ResumableWriter`,
+so a killed run resumes where it stopped. ``embed_images`` embeds a few new images exactly as a
+feature file's images were embedded (same model, weights and preprocessing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from extract.backbone import Backbone, load_backbone
+from extract.errors import UserError
+from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
+from extract.store import ResumableWriter, open_features
+
+log = logging.getLogger(__name__)
+
+# Config keys that must agree between a feature file (or an unfinished run) and a run resuming it.
+MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "bn_calibration_sha")
+BN_IMAGES = 64
+_CALIBRATION_BATCH = 16
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What one extraction run did. ``written``/``failed`` count this run; ``total_*`` the whole file."""
+
+    out: Path
+    model: str
+    dim: int
+    listed: int
+    written: int
+    skipped: int
+    failed: int
+    duplicates: int
+    total_rows: int
+    total_failed: int
+    seconds: float
+    failed_examples: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.written + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> str:
+        """A short human-readable summary (several lines)."""
+        lines = [
+            f"{self.out}: {self.total_rows} images x {self.dim}-d ({self.model}), {self.total_failed} failed in total",
+            (f"this run: {self.written} written, {self.skipped} skipped as already done, {self.failed} failed, "
+             f"{self.duplicates} duplicate paths dropped ({self.images_per_s:.1f} images/s)"),
+        ]
+        lines += [f"  failed: {i}: {why}" for i, why in self.failed_examples[:5]]
+        if self.failed > 5:
+            lines.append(f"  ... and {self.failed - 5} more (see /failed in the file)")
+        return "\n".join(lines)
+
+
+class _ImageDataset(Dataset):
+    """Item ``i`` -> ``(i, (S, S, 3) uint8 tensor or None, reason or None)``; decoding never raises."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int, max_pixels: int):
+        self.paths = list(paths)
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        arr, reason = prepare_image(self.paths[i], self.image_size, self.max_pixels)
+        return i, (None if arr is None else torch.from_numpy(arr)), reason
+
+
+def _collate(items):
+    """-> (indices of good images, (n, 3, S, S) uint8 or None, [(index, reason)] of bad ones)."""
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, why) for i, x, why in items if x is None]
+    xb = torch.stack([x for _, x in good]).permute(0, 3, 1, 2) if good else None
+    return [i for i, _ in good], xb, bad
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _loader(paths: Sequence[Path], image_size: int, max_pixels: int, batch_size: int, workers: int,
+            pin: bool) -> DataLoader:
+    return DataLoader(
+        _ImageDataset(paths, image_size, max_pixels),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def calibration_ids(listing: ImageList, count: int = BN_IMAGES, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    image_size: int = 32) -> list[str]:
+    """The first ``count`` readable images of the sorted full list: the same on every (resumed) run."""
+    chosen = []
+    for i in sorted(listing.ids):
+        if prepare_image(listing.root / i, image_size, max_pixels)[0] is not None:
+            chosen.append(i)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def _calibration_batches(root: Path, ids: list[str], image_size: int, max_pixels: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(ids), _CALIBRATION_BATCH):
+        arrs = []
+        for i in ids[start : start + _CALIBRATION_BATCH]:
+            arr, reason = prepare_image(root / i, image_size, max_pixels)
+            if arr is None:
+                raise UserError(f"calibration image {root / i} cannot be read ({reason}); it is needed to "
+                                "rebuild the random-init backbone: restore it or re-extract")
+            arrs.append(torch.from_numpy(arr))
+        yield torch.stack(arrs).permute(0, 3, 1, 2)
+
+
+def calibrate(backbone: Backbone, root: Path, ids: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Recalibrate a random-init backbone's BatchNorm statistics on ``root/ids`` (in that order)."""
+    backbone.recalibrate(_calibration_batches(root, ids, backbone.image_size, max_pixels), ids)
+    backbone.config["bn_calibration_ids"] = list(ids)
+    backbone.config["bn_calibration_root"] = str(Path(root).resolve())
+
+
+def extract_features(
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str = "resnet152",
+    weights: str = "imagenet",
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "auto",
+    image_size: int | None = None,
+    limit: int | None = None,
+    root: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quiet: bool = False,
+    backbone: Backbone | None = None,
+    bn_images: int = BN_IMAGES,
+) -> ExtractSummary:
+    """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
+
+    Every batch is committed durably; a killed run continues where it stopped when re-run with the same
+    options, and a different model/weights/image size is refused. Bad images go to the failed list.
+    """
+    if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
+        raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
+    listing = list_images(images, root)
+    bb = backbone or load_backbone(model, weights, device, image_size)
+    if bb.needs_calibration:
+        calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
+    config = dict(bb.config, created=datetime.now(UTC).isoformat(timespec="seconds"),
+                  image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels)
+    writer = ResumableWriter(out, config, bb.dim, MATCH_KEYS)
+    ids = listing.ids[:limit] if limit else listing.ids
+    done = writer.done
+    todo = [i for i in ids if i not in done]
+    skipped = len(ids) - len(todo)
+    t0 = time.perf_counter()
+    written, failed = _run(bb, listing.root, todo, writer, batch_size, workers, max_pixels, quiet)
+    writer.finalize()
+    seconds = time.perf_counter() - t0
+    ff = open_features(out)
+    return ExtractSummary(Path(out), bb.config["model"], bb.dim, len(ids), written, skipped, len(failed),
+                          listing.duplicates, len(ff), len(ff.failed), seconds, failed)
+
+
+def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, batch_size: int, workers: int,
+         max_pixels: int, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
+    if not todo:
+        return 0, []
+    loader = _loader([root / i for i in todo], bb.image_size, max_pixels, batch_size, workers,
+                     pin=bb.device.type == "cuda")
+    written, failed = 0, []
+    bar = tqdm(total=len(todo), unit="img", disable=quiet or not sys.stderr.isatty(), desc="extract")
+    try:
+        for good, xb, bad in loader:
+            feats = bb.forward(bb.normalize(xb)).numpy() if xb is not None else np.zeros((0, bb.dim), np.float32)
+            bad_pairs = [(todo[i], why) for i, why in bad]
+            writer.commit([todo[i] for i in good], feats, bad_pairs)
+            written += len(good)
+            failed += bad_pairs
+            for i, why in bad_pairs:
+                log.info("failed: %s: %s", i, why)
+            bar.update(len(good) + len(bad))
+    finally:
+        bar.close()
+    return written, failed
+
+
+def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
+    """Rebuild the backbone that made a feature file, from its config; refuses different weights."""
+    weights = {"file": config.get("weights_source", "")}.get(config.get("weights"), config.get("weights", "imagenet"))
+    bb = load_backbone(config["model"], weights, device, config.get("image_size"), config.get("seed") or 0)
+    if config.get("weights_sha256", "") != bb.config["weights_sha256"]:
+        raise UserError(f"weights of {config['model']} differ: the feature file was made with sha256 "
+                        f"{config.get('weights_sha256')!r}, found {bb.config['weights_sha256']!r} at "
+                        f"{bb.config['weights_source']}")
+    if config.get("bn_recalibrated") and bb.needs_calibration:
+        calibrate(bb, Path(config["bn_calibration_root"]), list(config["bn_calibration_ids"]),
+                  config.get("max_pixels", DEFAULT_MAX_PIXELS))
+        if bb.config["bn_calibration_sha"] != config.get("bn_calibration_sha"):
+            raise UserError("BatchNorm calibration images differ from the ones recorded in the feature file")
+    return bb
+
+
+def embed_images(paths: Sequence[str | os.PathLike], config_or_backbone: dict | Backbone | str | os.PathLike,
+                 device: str = "auto", batch_size: int = 16) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Embed new images like a feature file's images: ``((n, D) float32, [(path, reason)] failed)``.
+
+    ``config_or_backbone`` is a feature file path, its config dict, or a :class:`Backbone`. Row ``j``
+    belongs to the ``j``-th path that did not fail.
+    """
+    if isinstance(config_or_backbone, Backbone):
+        bb = config_or_backbone
+        max_pixels = DEFAULT_MAX_PIXELS
+    else:
+        config = config_or_backbone
+        if not isinstance(config, dict):
+            config = open_features(config).config
+        bb = backbone_from_config(config, device)
+        max_pixels = config.get("max_pixels", DEFAULT_MAX_PIXELS)
+    rows, failed, batch = [], [], []
+    for p in list(paths) + [None]:
+        if p is not None:
+            arr, reason = prepare_image(p, bb.image_size, max_pixels)
+            if arr is None:
+                failed.append((str(p), reason))
+            else:
+                batch.append(torch.from_numpy(arr))
+        if batch and (p is None or len(batch) == batch_size):
+            rows.append(bb.forward(bb.normalize(torch.stack(batch).permute(0, 3, 1, 2))).numpy())
+            batch = []
+    xb = np.concatenate(rows) if rows else np.zeros((0, bb.dim), np.float32)
+    return xb.astype(np.float32, copy=False), failed
