@@ -8,7 +8,8 @@ it learnt, saved next to the regressor weights) and ``unknown_words(text)``. Kin
 - ``centroid-tfidf``: the same mean weighted by each word's idf on the training captions;
 - ``tfidf``: l2-normalised tf-idf over word 1..3-grams (gensim ``Dictionary`` + ``TfidfModel`` idf);
 - ``sequence``: the caption's word vectors in order, for the GRU (``transform`` gives ``(n, T, d)``);
-- ``use-multilingual``, ``e5-small``: sentence encoders from :mod:`retrieval.encoders` (optional).
+- ``use-multilingual``, ``e5-small``: pretrained sentence encoders from :mod:`retrieval.encoders` (optional
+  packages; their outputs are cached on disk during training).
 
 A caption with no known word (empty, or all out of vocabulary) becomes a zero vector, never NaN; the
 number of such captions is logged as a warning and kept in ``n_empty``. Transforming needs numpy
@@ -308,25 +309,22 @@ class WordSequence(_WordDescriptor):
 
 
 class EncoderDescriptor:
-    """A sentence encoder from :mod:`retrieval.encoders` used as a fixed descriptor (nothing to fit)."""
+    """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs."""
 
-    def __init__(self, name: str):
-        try:
-            from retrieval.encoders import get_encoder
-        except ImportError:
-            raise UserError(f"descriptor {name!r} needs the sentence encoders module (retrieval.encoders), "
-                            "which this installation does not have; use one of " + ", ".join(WORD_KINDS)) from None
-        self.encoder = get_encoder(name)
+    def __init__(self, name: str, cache_path=None):
+        from retrieval.encoders import SentenceDescriptor
+
+        self._inner = SentenceDescriptor(name, cache_path)
         self.kind = name
         self.n_empty = 0
 
     @property
     def dim(self) -> int:
-        return int(self.encoder.dim)
+        return int(self._inner.dim)
 
     @property
     def config(self) -> dict:
-        return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self.encoder.fingerprint}
+        return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self._inner.encoder.fingerprint}
 
     def fit(self, texts: Sequence[str]) -> EncoderDescriptor:
         return self
@@ -341,14 +339,16 @@ class EncoderDescriptor:
         return []
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.encoder.encode(list(texts)), np.float32)
+        out = np.asarray(self._inner.transform(list(texts)), np.float32)
+        self.n_empty = int(np.sum(~out.any(axis=1)))
+        return out
 
 
 def make_descriptor(kind: str, vectors: WordVectors | None = None, **options):
     """A new, unfitted descriptor by name (see :data:`KINDS`). Word kinds except ``tfidf`` need ``vectors``."""
     fold = bool(options.get("fold_accents", False))
     if kind in ENCODER_KINDS:
-        return EncoderDescriptor(kind)
+        return EncoderDescriptor(kind, options.get("cache_path"))
     if kind == "tfidf":
         keys = ("ngrams", "min_df", "max_df", "max_features")
         return Tfidf(fold_accents=fold, **{k: options[k] for k in keys if k in options})

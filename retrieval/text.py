@@ -281,3 +281,19 @@ def prepare_vectors(path: str | os.PathLike, out_dir: str | os.PathLike, limit: 
         log.warning("converting %s to %s once (pass the .kv next time)", path, out)
         convert_vectors(path, out, limit=limit)
     return open_vectors(out)
+
+
+def vectors_from_captions(
+    sources: Sequence[str | os.PathLike], out: str | os.PathLike, fold: bool = False, **options
+) -> Path:
+    """Train word vectors on the captions of caption files/folders (see :mod:`retrieval.datasets`), export to ``out``.
+
+    ``options`` go to :func:`train_vectors` (``kind``, ``dim``, ``epochs``, ``window``, ``min_count``, ``seed``).
+    """
+    from retrieval.datasets import find_splits, read_captions
+
+    files = find_splits(sources)
+    sentences = [tokenize(t, fold_accents=fold) for name, f in files.items() for t in read_captions(f, name).texts]
+    sentences = [s for s in sentences if s]
+    names = ", ".join(f"{n} ({f.name})" for n, f in files.items())
+    return train_vectors(sentences, out, source=f"captions: {names}", **options)
