@@ -103,7 +103,7 @@ class _WordDescriptor:
         index = self.vectors.index
         return [t for t in self._tokens(text) if t not in index and self.vectors.oov_vector(t) is None]
 
-    def _weights(self, kept: list[str]) -> np.ndarray | None:
+    def _weights(self, tokens: list[str]) -> np.ndarray | None:
         return None  # plain mean
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
@@ -116,40 +116,45 @@ class _WordDescriptor:
         return out
 
     def _transform_chunk(self, texts: Sequence[str], out: np.ndarray) -> None:
+        tokenized = [self._tokens(t) for t in texts]
+        tokens = [t for toks in tokenized for t in toks]
+        get = self.vectors.index.get
+        rows = np.fromiter((get(t, -1) for t in tokens), np.int64, len(tokens))
+        seg = np.repeat(np.arange(len(texts)), [len(toks) for toks in tokenized])
         extra: list[np.ndarray] = []
-        extra_index: dict[str, int] = {}
-        flat: list[int] = []
-        weights: list[np.ndarray] = []
-        counts = np.zeros(len(texts), np.int64)
-        for i, text in enumerate(texts):
-            rows, kept = self._lookup(self._tokens(text), extra, extra_index)
-            counts[i] = len(rows)
-            flat.extend(rows)
-            w = self._weights(kept)
-            if w is not None:
-                weights.append(w)
-        nonempty = np.flatnonzero(counts)
-        self.n_empty += len(texts) - len(nonempty)
-        if not flat:
+        unknown = np.flatnonzero(rows < 0)
+        if len(unknown) and self.vectors.subword:  # FastText: vectors for unknown words from their subwords
+            found = {t: self.vectors.oov_vector(t) for t in {tokens[i] for i in unknown}}
+            slot = {}
+            for t, vec in found.items():
+                if vec is not None:
+                    slot[t] = len(self.vectors) + len(extra)
+                    extra.append(vec)
+            for i in unknown:
+                rows[i] = slot.get(tokens[i], -1)
+        keep = rows >= 0
+        w = self._weights(tokens)
+        w = np.ones(int(keep.sum()), np.float32) if w is None else w[keep]
+        seg, rows = seg[keep], rows[keep]
+        denom = np.bincount(seg, weights=w, minlength=len(texts))
+        nonempty = denom > 0
+        self.n_empty += int(len(texts) - np.count_nonzero(np.bincount(seg, minlength=len(texts))))
+        if not len(rows):
             return
-        flat_a = np.asarray(flat, np.int64)
+        used, col = np.unique(rows, return_inverse=True)
         base = len(self.vectors)
+        table = np.asarray(self.vectors.matrix[used[used < base]], np.float32)
         if extra:
-            sub = flat_a >= base
-            vecs = np.empty((len(flat_a), self.dim), np.float32)
-            vecs[~sub] = self.vectors.matrix[flat_a[~sub]]
-            vecs[sub] = np.stack(extra)[flat_a[sub] - base]
+            table = np.concatenate([table, np.stack(extra)[used[used >= base] - base]])
+        if len(texts) > 64:  # sparse (caption x word) weights times the word vectors
+            import scipy.sparse
+
+            weights = scipy.sparse.csr_matrix((w, (seg, col)), shape=(len(texts), len(used)))
         else:
-            vecs = np.asarray(self.vectors.matrix[flat_a], np.float32)
-        starts = np.concatenate([[0], np.cumsum(counts[nonempty])[:-1]])
-        if weights:
-            w = np.concatenate(weights).astype(np.float32)
-            sums = np.add.reduceat(vecs * w[:, None], starts, axis=0)
-            denom = np.add.reduceat(w, starts)[:, None]
-        else:
-            sums = np.add.reduceat(vecs, starts, axis=0)
-            denom = counts[nonempty][:, None].astype(np.float32)
-        out[nonempty] = sums / np.maximum(denom, 1e-12)
+            weights = np.zeros((len(texts), len(used)), np.float32)
+            np.add.at(weights, (seg, col), w)
+        sums = np.asarray(weights @ table, np.float32)
+        out[nonempty] = sums[nonempty] / denom[nonempty, None].astype(np.float32)
 
 
 class Centroid(_WordDescriptor):
@@ -181,9 +186,9 @@ class CentroidTfidf(_WordDescriptor):
         self.idf = {str(t): float(v) for t, v in zip(arrays["idf_terms"], arrays["idf"])}
         self.default_idf = max(self.idf.values(), default=1.0)
 
-    def _weights(self, kept: list[str]) -> np.ndarray:
-        idf, default = self.idf, self.default_idf
-        return np.array([idf.get(t, default) for t in kept], np.float32)
+    def _weights(self, tokens: list[str]) -> np.ndarray:
+        get, default = self.idf.get, self.default_idf
+        return np.fromiter((get(t, default) for t in tokens), np.float32, len(tokens))
 
 
 def _ngrams(tokens: list[str], n: int) -> list[str]:

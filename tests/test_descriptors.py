@@ -37,14 +37,28 @@ def test_centroid_is_the_mean_of_known_words_and_empty_is_zero(wv, caplog):
     assert d.unknown_words("Un zzz perro qqq") == ["zzz", "qqq"]
 
 
-def test_centroid_chunks_agree_with_one_pass(wv, monkeypatch):
+def test_centroid_sparse_and_dense_paths_agree_with_reference(wv, monkeypatch):
     import retrieval.descriptors as mod
 
     rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(WORDS + ["oov"], size=int(rng.integers(0, 6)))) for _ in range(50)]
-    whole = make_descriptor("centroid", wv).transform(texts)
-    monkeypatch.setattr(mod, "_CHUNK", 7)
-    np.testing.assert_array_equal(make_descriptor("centroid", wv).transform(texts), whole)
+    texts = [" ".join(rng.choice(WORDS + ["oov"], size=int(rng.integers(0, 6)))) for _ in range(150)]
+    whole = make_descriptor("centroid", wv).transform(texts)  # > 64 captions: scipy.sparse product
+    monkeypatch.setattr(mod, "_CHUNK", 7)  # <= 64 captions per chunk: dense product
+    np.testing.assert_allclose(make_descriptor("centroid", wv).transform(texts), whole, rtol=1e-5, atol=1e-6)
+    for text, row in zip(texts, whole):
+        ref = _mean(wv, text) if any(t in wv.index for t in tokenize(text)) else np.zeros(6)
+        np.testing.assert_allclose(row, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_centroid_uses_fasttext_subwords_for_unknown_words(tmp_path):
+    from gensim.models import FastText
+
+    sents = [["el", "perro", "corre"], ["la", "perrita", "duerme"]] * 10
+    model = FastText(sents, vector_size=6, min_count=1, epochs=1, seed=0, workers=1, bucket=500)
+    wv = open_vectors(export_vectors(model.wv, tmp_path / "ft.kv"))
+    x = make_descriptor("centroid", wv).transform(["el perrito", "el"] * 40)
+    np.testing.assert_allclose(x[0], (model.wv["el"] + model.wv["perrito"]) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x[1], model.wv["el"], rtol=1e-5, atol=1e-6)
 
 
 def test_centroid_tfidf_weights_by_idf(wv):
