@@ -378,7 +378,7 @@ def index_build(features, out_dir, factory, metric, memory_budget, train_size, t
 
 
 @index.command("info")
-@click.argument("index_dir", type=click.Path(file_okay=False), default=str(workspace_path("index")))
+@click.argument("index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")))
 def index_info(index_dir) -> None:
     """Print the sidecar of an index folder (how it was built)."""
     import json
@@ -390,16 +390,17 @@ def index_info(index_dir) -> None:
 
 @cli.command("search")
 @click.argument("query", nargs=-1)
-@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=str(workspace_path("index")),
-              show_default=True, help="Index folder.")
-@click.option("--model", type=click.Path(dir_okay=False), default=str(workspace_path("regressor.pt")),
-              show_default=True, help="Text regressor checkpoint (text queries).")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")),
+              show_default="workspace/index", help="Index folder.")
+@click.option("--model", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
+              show_default="workspace/text-encoder.npz", help="Text encoder checkpoint (text queries).")
 @click.option("-k", type=int, default=5, show_default=True, help="Results per query.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False), help="Query by image (repeatable).")
 @click.option("--id", "ids", multiple=True, help="Query by the stored vector of an indexed id (repeatable).")
 @click.option("--queries-file", type=click.Path(exists=True, dir_okay=False), help="Text queries, one a line.")
 @click.option("--features", type=click.Path(exists=True, dir_okay=False), help="Feature file (default: the one in the sidecar).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: GPU when faiss has GPU support and a GPU is present, else CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--contact-sheet", "sheets", multiple=True, type=click.Path(dir_okay=False),
               help="Write the thumbnails to a .png or .html (repeatable).")
@@ -434,11 +435,12 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 
 
 @benchmark.command("search")
-@click.option("--features", type=click.Path(exists=True, dir_okay=False), help="Feature file for the quality part.")
+@click.option("--features", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("features.h5")),
+              show_default="workspace/features.h5", help="Feature file for the quality part.")
 @click.option("--captions", multiple=True, type=click.Path(exists=True),
               help="Caption folder or <split>_captions.txt (repeatable); enables the quality part.")
-@click.option("--model", type=click.Path(dir_okay=False), default=str(workspace_path("regressor.pt")), show_default=True,
-              help="Text regressor checkpoint (quality and --cold).")
+@click.option("--model", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
+              show_default="workspace/text-encoder.npz", help="Text encoder checkpoint (quality and --cold).")
 @click.option("--quality-index", default="Flat", show_default=True, help="Index kind the quality part searches through.")
 @click.option("-n", "--n", "n", type=click.IntRange(min=0), default=100_000, show_default=True,
               help="Synthetic vectors for the speed part (0 skips it).")
@@ -450,12 +452,15 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
               help="Training sample of the trained kinds (IVF needs ~39 per list).")
 @click.option("--scaling", default="", help="Comma-separated N for the scaling part, e.g. 10000,100000,1000000.")
 @click.option("--scaling-budget", default="2GiB", show_default=True, help="Memory budget of the auto index in the scaling part.")
+@click.option("--scaling-kind", default="auto", show_default=True,
+              help="Index kind of the scaling part: auto, or a factory string where {nlist} is the guideline's list count.")
 @click.option("--cold", is_flag=True, help="Time fresh `cli.py search` processes on --index/--model.")
-@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=str(workspace_path("index")), show_default=True)
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")),
+              show_default="workspace/index")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG (rank histograms, recall vs latency).")
 @click.option("--json", "as_json", is_flag=True)
 def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, train_size, scaling,
-                     scaling_budget, cold, index_dir, plot_path, as_json) -> None:
+                     scaling_budget, scaling_kind, cold, index_dir, plot_path, as_json) -> None:
     """Retrieval quality through an index, speed/recall of index kinds, scaling, and cold-start time."""
     import json
 
@@ -464,13 +469,12 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
 
     quality = None
     if captions:
-        if not features:
-            raise click.UsageError("--captions needs --features")
         quality = {"features": features, "captions": list(captions), "model": model, "factory": quality_index}
     speed = {"n": n, "d": dim, "factories": list(kinds) or default_kinds(n, dim), "nq": nq, "n_single": single,
              "train_size": train_size} if n else None
     sizes = [int(s) for s in scaling.split(",") if s.strip()]
-    scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size} if sizes else None
+    scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size,
+             "kind": scaling_kind} if sizes else None
     cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
     report = run(quality, speed, scale, cold_args, plot_path)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
