@@ -105,7 +105,7 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
     """Load a checkpoint written by :meth:`GenreClassifier.save`."""
     import torch
 
-    from retrieval.genre.inputs import descriptor_from_state
+    from retrieval.genre.inputs import text_input_from_state
     from retrieval.genre.models import GenreNet
     from retrieval.genre.train import GenreConfig
 
@@ -120,11 +120,10 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
         raise UserError(f"{path} is not a genre checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r}, expected {FORMAT})")
     cfg = GenreConfig(**blob["config"])
     dims = blob["dims"]
-    sparse = blob["descriptor"] is not None and blob["descriptor"]["name"] in ("tfidf", "bow")
-    net = GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout, standardize_text=not sparse)
+    net = GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout)
     net.load_state_dict(blob["state_dict"])
     net.eval()
-    desc = descriptor_from_state(blob["descriptor"]) if blob["descriptor"] is not None else None
+    desc = text_input_from_state(blob["descriptor"]) if blob["descriptor"] is not None else None
     return GenreClassifier(
         net=net, cfg=cfg, genres=list(blob["genres"]), thresholds=np.asarray(blob["thresholds"], np.float32),
         descriptor=desc, features=blob["features"], no_train_positive=list(blob["no_train_positive"]),

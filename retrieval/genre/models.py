@@ -21,7 +21,14 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
-    def fit(self, x: torch.Tensor) -> None:
+    def fit(self, x: torch.Tensor, per_dim: bool = True) -> None:
+        """Per-dimension mean/std; or (``per_dim=False``, for sparse l2-normalised inputs such as tf-idf)
+        no centring and one scale, the root mean square of the non-zero entries, so those become ~1."""
+        if not per_dim:
+            nz = x[x != 0]
+            self.mean.zero_()
+            self.std.fill_(float(nz.pow(2).mean().sqrt()) if nz.numel() else 1.0)
+            return
         self.mean.copy_(x.mean(dim=0))
         self.std.copy_(x.std(dim=0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(self.std))
 
@@ -64,7 +71,7 @@ class GenreNet(nn.Module):
     """
 
     def __init__(self, kind: str, n_genres: int, d_poster: int = 0, d_text: int = 0, hidden: int = 256,
-                 dropout: float = 0.3, standardize_text: bool = True):
+                 dropout: float = 0.3):
         super().__init__()
         if kind not in MODEL_KINDS:
             raise ValueError(f"unknown model {kind!r}")
@@ -72,7 +79,7 @@ class GenreNet(nn.Module):
         self.uses_poster = kind != "text"
         self.uses_text = kind != "poster"
         self.norm_p = Standardize(d_poster) if self.uses_poster else None
-        self.norm_t = Standardize(d_text) if self.uses_text and standardize_text else None
+        self.norm_t = Standardize(d_text) if self.uses_text else None
         if kind == "poster":
             self.net = head(d_poster, n_genres, hidden, dropout)
         elif kind == "text":
@@ -86,12 +93,12 @@ class GenreNet(nn.Module):
             self.net = GMU(d_poster, d_text, n_genres, max(hidden, 16), dropout)
         self.branch_logits: tuple[torch.Tensor, ...] = ()
 
-    def fit_normalizers(self, poster: torch.Tensor | None, text: torch.Tensor | None) -> None:
-        """Set the standardisation statistics from training inputs."""
+    def fit_normalizers(self, poster: torch.Tensor | None, text: torch.Tensor | None, text_per_dim: bool = True) -> None:
+        """Set the standardisation statistics from training inputs (see :meth:`Standardize.fit`)."""
         if self.norm_p is not None and poster is not None:
             self.norm_p.fit(poster)
         if self.norm_t is not None and text is not None:
-            self.norm_t.fit(text)
+            self.norm_t.fit(text, per_dim=text_per_dim)
 
     def forward(self, poster: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
         if self.uses_poster:
@@ -101,7 +108,7 @@ class GenreNet(nn.Module):
         if self.uses_text:
             if text is None:
                 raise ValueError(f"a {self.kind} model needs text features")
-            text = self.norm_t(text) if self.norm_t is not None else text
+            text = self.norm_t(text)
         self.branch_logits = ()
         if self.kind == "poster":
             return self.net(poster)
