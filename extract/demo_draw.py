@@ -1,6 +1,6 @@
 """Draw a demo :class:`~extract.demo_scenes.Scene` with PIL: a textured background per setting, then
 recognisable objects (a person has head, body and limbs; a bicycle two wheels and a frame; a cyclist
-rides one), then mild noise (colour jitter, brightness, additive pixel noise) so no two images are
+rides one), then mild noise (colour jitter, additive pixel noise) so no two images are
 trivially identical. Everything comes from the ``rng`` passed in, so a seed fixes every pixel.
 """
 
@@ -354,14 +354,10 @@ def noise_bank(seed: int, size: int) -> Image.Image:
     return Image.fromarray(np.clip(np.round(noise) + _NOISE_OFFSET, 0, 2 * _NOISE_OFFSET).astype(np.uint8))
 
 
-def add_noise(img: Image.Image, noise: Image.Image, rng: np.random.Generator,
-              brightness: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
-    """``img`` scaled by a random brightness factor plus a random window of a :func:`noise_bank`."""
+def add_noise(img: Image.Image, noise: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``img`` plus a random window of a :func:`noise_bank` (saturating at 0 and 255)."""
     w, h = img.size
     ox, oy = int(rng.integers(0, noise.width - w + 1)), int(rng.integers(0, noise.height - h + 1))
-    f = float(rng.uniform(*brightness))
-    if f != 1.0:
-        img = img.point([min(255, int(i * f)) for i in range(256)] * 3)
     return ImageChops.add(img, noise.crop((ox, oy, ox + w, oy + h)), offset=-_NOISE_OFFSET)
 
 
@@ -371,4 +367,4 @@ def draw_scene(scene: Scene, size: int, rng: np.random.Generator, noise: Image.I
     d = ImageDraw.Draw(img)
     for i in scene.order:
         _draw_object(d, scene.objects[i], size, rng)
-    return img if noise is None else add_noise(img, noise, rng, (0.92, 1.06))
+    return img if noise is None else add_noise(img, noise, rng)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -216,6 +217,15 @@ _MOTIFS = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _title_mask(title: str, width: int, band: int) -> Image.Image:
+    """The title rendered once as a (width, band) "L" mask, centred."""
+    mask = Image.new("L", (width, band), 0)
+    font = ImageFont.load_default(size=max(8, band // 3))
+    ImageDraw.Draw(mask).text((width // 2, band // 2), title, fill=255, font=font, anchor="mm")
+    return mask
+
+
 def draw_poster(movie: Movie, size: tuple[int, int], rng: np.random.Generator,
                 noise: Image.Image | None = None) -> Image.Image:
     """Poster of ``movie`` as a (width, height) RGB image: palette and motifs of its poster genres."""
@@ -234,6 +244,6 @@ def draw_poster(movie: Movie, size: tuple[int, int], rng: np.random.Generator,
         _MOTIFS[g](d, cx, cy, r, jitter(PALETTES[g][2], rng, 12), rng)
     band = int(H * 0.13)
     d.rectangle((0, H - band, W, H), fill=(15, 15, 20))
-    font = ImageFont.load_default(size=max(8, band // 3))
-    d.text((W // 2, H - band // 2), movie.title, fill=(240, 240, 240), font=font, anchor="mm")
+    mask = _title_mask(movie.title, W, band)
+    img.paste((240, 240, 240), (0, H - band), mask)
     return img if noise is None else add_noise(img, noise, rng)
