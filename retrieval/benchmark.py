@@ -76,11 +76,13 @@ def run_benchmark(
     epochs: int = 15,
     gru_epochs: int = 8,
     hidden: int | None = None,
+    gru_hidden: int | None = None,
     test_split: str | None = None,
     descriptors: Sequence[str] | None = None,
     losses: Sequence[str] = LOSSES,
     base: TrainConfig | None = None,
     out_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train and evaluate every combination; returns ``{"rows": [...], "encoding": {...}, "test_split": ...}``."""
     from retrieval.train import train
@@ -103,9 +105,9 @@ def run_benchmark(
     for desc, reg in combos:
         for loss in losses:
             cfg = base.with_(descriptor=desc, regressor=reg, loss=loss, epochs=gru_epochs if reg == "gru" else epochs,
-                             hidden=hidden if reg == "mlp" else None)
+                             hidden=hidden if reg == "mlp" else gru_hidden)
             ckpt = tmp / f"{desc}-{reg}-{loss}.npz"
-            result = train(cfg, features, captions, ckpt, vectors=vectors, quiet=True)
+            result = train(cfg, features, captions, ckpt, vectors=vectors, quiet=True, threads=threads)
             metrics = evaluate(ckpt, features, captions, splits=[test])[test]
             encoder = load_text_encoder(ckpt)
             t = time.perf_counter()
