@@ -97,6 +97,11 @@ def vectors_train(captions: tuple[str, ...], out: str, kind: str, dim: int, epoc
     click.echo(f"wrote {out}: {kind}, {len(wv)} words x {wv.dim} dims, fingerprint {wv.fingerprint}")
 
 
+def _default_vectors() -> str | None:
+    path = workspace_path("vectors.kv")
+    return str(path) if path.exists() else None
+
+
 def _train_options(f):
     """Options shared by `train` and `benchmark retrieval` (the fields of retrieval.config.TrainConfig)."""
     options = [
@@ -104,7 +109,8 @@ def _train_options(f):
                      show_default="workspace/features.h5", help="HDF5 image features (cli.py extract)."),
         click.option("--captions", multiple=True, type=click.Path(exists=True),
                      help="Caption folder(s) with <split>_captions.txt / captions_<split>.json, or such files [default: workspace/demo]."),
-        click.option("--vectors", type=click.Path(exists=True), help="Word vectors (.kv export, or any format: converted once)."),
+        click.option("--vectors", type=click.Path(exists=True), default=_default_vectors, show_default="workspace/vectors.kv if present",
+                     help="Word vectors (.kv export, or any format: converted once)."),
         click.option("--vectors-limit", type=click.IntRange(min=1), help="Load only the first N words of a .vec/.bin file."),
         click.option("--target-norm", type=click.Choice(["l2", "standardise", "none"]), default="l2", show_default=True,
                      help="Target features: l2-normalised (search by cosine), standardised or raw (search by l2)."),

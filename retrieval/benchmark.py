@@ -32,9 +32,9 @@ DEFAULT_COMBOS = [(d, "mlp") for d in ("centroid", "centroid-tfidf", "tfidf")] +
 LOSSES = ("mse", "cosine", "vse")
 
 
-def _encoders_available() -> list[str]:
+def _encoders_available(names: Sequence[str]) -> list[str]:
     out = []
-    for name in ENCODER_KINDS:
+    for name in names:
         try:
             make_descriptor(name)
             out.append(name)
@@ -93,7 +93,7 @@ def run_benchmark(
         raise UserError(f"no test split among {', '.join(sorted(splits))}; pass --test-split NAME")
     combos = [(d, r) for d, r in DEFAULT_COMBOS if descriptors is None or d in descriptors]
     wanted_encoders = ENCODER_KINDS if descriptors is None else [d for d in descriptors if d in ENCODER_KINDS]
-    combos += [(d, "mlp") for d in _encoders_available() if d in wanted_encoders]
+    combos += [(d, "mlp") for d in _encoders_available(wanted_encoders)]
     if vectors is None:
         combos = [(d, r) for d, r in combos if d == "tfidf" or d in ENCODER_KINDS]
         log.warning("no --vectors: benchmarking only descriptors that need no word vectors")
