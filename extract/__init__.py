@@ -4,7 +4,14 @@ Importing this package is cheap; torch is imported only by the modules that run 
 """
 
 from extract.errors import UserError
-from extract.store import FeatureFile, ResumableWriter, atomic_path, fingerprint, open_features, write_features
+from extract.store import (
+    FeatureFile,
+    ResumableWriter,
+    atomic_path,
+    fingerprint,
+    open_features,
+    write_features,
+)
 
 __all__ = [
     "FeatureFile",

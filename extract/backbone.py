@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +204,7 @@ def _load_state(net: nn.Module, path: Path, model: str) -> None:
         raise UserError(f"weights file {path} does not exist; pass an existing .pth, --weights imagenet or none")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
         raise UserError(f"cannot load {path} as a state_dict with weights_only=True ({exc.__class__.__name__}); "
                         "save it with torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

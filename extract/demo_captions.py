@@ -218,7 +218,7 @@ def _t_short(scene, rng):
 
 def _t_zone(scene, rng):
     subj = scene.subject
-    s_np, g = noun_phrase(subj, rng, color=True, size=rng.random() < 0.4)
+    s_np, _ = noun_phrase(subj, rng, color=True, size=rng.random() < 0.4)
     zone = _ZONES[0 if subj.x < 0.36 else 2 if subj.x > 0.64 else 1]
     return f"{s_np} {zone} {_setting(scene, rng)}"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
-from extract.demo_scenes import COLORS, Scene, SceneObject
+from extract.demo_scenes import COLORS, SETTINGS, Scene, SceneObject
 
 _SKIN = ((250, 215, 180), (225, 175, 130), (170, 115, 75), (105, 70, 45))
 _TROUSERS = ((40, 45, 70), (60, 60, 60), (90, 70, 50))
@@ -27,29 +27,35 @@ _PALETTE = {
 }
 
 
-def _jit(rgb, rng: np.random.Generator, amount: int = 10) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+def jitter(rgb, rng: np.random.Generator, amount: int = 10) -> tuple[int, int, int]:
+    """``rgb`` with each channel moved by a random integer in [-amount, amount], clipped to 0..255."""
+    return tuple(min(255, max(0, int(c) + int(v))) for c, v in zip(rgb, rng.integers(-amount, amount + 1, 3)))
+
+
+_jit = jitter
 
 
 def _shade(rgb, f: float) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c * f, 0, 255)) for c in rgb)
+    return tuple(min(255, max(0, int(c * f))) for c in rgb)
 
 
-def _vertical_gradient(top, bottom, height: int, width: int) -> np.ndarray:
+def gradient(top, bottom, width: int, height: int) -> Image.Image:
+    """A (width, height) RGB image fading vertically from colour ``top`` to ``bottom``."""
     t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     rows = np.asarray(top, np.float32) * (1 - t) + np.asarray(bottom, np.float32) * t
-    return np.broadcast_to(rows[:, None, :], (height, width, 3))
+    return Image.fromarray(np.round(rows).astype(np.uint8)[:, None, :]).resize((width, height), Image.NEAREST)
 
 
 def _background(setting: str, S: int, rng: np.random.Generator) -> Image.Image:
     sky_top, sky_bottom, ground, line = _PALETTE[setting]
     g = int(line * S)
-    arr = np.empty((S, S, 3), np.uint8)
-    arr[:g] = _vertical_gradient(_jit(sky_top, rng), _jit(sky_bottom, rng), g, S)
-    arr[g:] = _jit(ground, rng, 8)
-    img = Image.fromarray(arr)
+    img = gradient(_jit(sky_top, rng), _jit(sky_bottom, rng), S, g).crop((0, 0, S, S))
     d = ImageDraw.Draw(img)
-    _DECOR[setting](d, S, g, rng)
+    d.rectangle((0, g, S, S), fill=_jit(ground, rng, 8))
+    # A few fixed decor layouts per setting: the background says the setting and varies little, so
+    # what changes between pictures of one setting is what the captions talk about.
+    layout = np.random.default_rng([SETTINGS.index(setting), int(rng.integers(_DECOR_LAYOUTS))])
+    _DECOR[setting](d, S, g, layout)
     return img
 
 
@@ -80,7 +86,7 @@ def _decor_calle(d, S, g, rng):
     x = 0
     while x < S:
         w, top = int(S * rng.uniform(0.14, 0.24)), int(S * rng.uniform(0.08, 0.32))
-        col = _jit((150, 140, 130), rng, 25)
+        col = _jit((150, 142, 135), rng, 10)
         d.rectangle((x, top, x + w, int(0.6 * S)), fill=col)
         for wy in range(top + 6, int(0.57 * S), 12):
             for wx in range(x + 5, x + w - 6, 11):
@@ -138,6 +144,7 @@ def _decor_lago(d, S, g, rng):
         d.line((x, g + 2, x + 2, g - S // 20), fill=(60, 110, 50), width=2)
 
 
+_DECOR_LAYOUTS = 3
 _DECOR = {
     "playa": _decor_playa, "parque": _decor_parque, "calle": _decor_calle, "nieve": _decor_nieve,
     "noche": _decor_noche, "campo": _decor_campo, "lago": _decor_lago,
@@ -154,7 +161,7 @@ def _figure(d, hip, shoulder, r, shirt, skin, trousers, feet, hands, lw):
         knee = ((hip[0] + foot[0]) / 2 + lw, (hip[1] + foot[1]) / 2)
         _line(d, hip, knee, trousers, lw * 1.2)
         _line(d, knee, foot, trousers, lw * 1.1)
-    _line(d, hip, shoulder, shirt, lw * 2.6)
+    _line(d, hip, shoulder, shirt, lw * 3.4)
     for hand in hands:
         _line(d, shoulder, hand, shirt, lw)
     hx, hy = shoulder[0], shoulder[1] - r * 1.1
@@ -310,7 +317,7 @@ def _draw_sol(d, box, rgb, rng, flip):
 
 
 def _draw_luna(d, box, rgb, rng, flip):
-    x0, y0, x1, y1 = box
+    x0, y0, x1, _ = box
     d.ellipse(box, fill=(242, 240, 220))
     w = x1 - x0
     for fx, fy, fr in ((0.35, 0.35, 0.12), (0.6, 0.6, 0.09), (0.62, 0.3, 0.06)):
@@ -334,20 +341,34 @@ def _draw_object(d, obj: SceneObject, S: int, rng: np.random.Generator) -> None:
         _DRAW[obj.kind](d, (left, y0, left + w, y1), rgb, rng, flip)
 
 
+_NOISE_OFFSET = 16  # noise is stored shifted by this much, so one saturating add applies signed noise
+
+
 @lru_cache(maxsize=4)
-def noise_bank(seed: int, size: int) -> np.ndarray:
-    """(2*size, 2*size, 3) int16 pixel noise (sigma 5); each image adds a random window of it."""
-    return np.round(np.random.default_rng([seed, 7]).normal(0, 5, (2 * size, 2 * size, 3))).astype(np.int16)
+def noise_bank(seed: int, size: int) -> Image.Image:
+    """(2*size, 2*size) RGB pixel noise, sigma 5, stored as ``noise + 16`` clipped to 0..32.
+
+    Each picture adds a random window of it and subtracts 16 in the same saturating operation.
+    """
+    noise = np.random.default_rng([seed, 7]).normal(0, 5, (2 * size, 2 * size, 3))
+    return Image.fromarray(np.clip(np.round(noise) + _NOISE_OFFSET, 0, 2 * _NOISE_OFFSET).astype(np.uint8))
 
 
-def draw_scene(scene: Scene, size: int, rng: np.random.Generator, noise: np.ndarray | None = None) -> Image.Image:
-    """Render ``scene`` as a ``size``x``size`` RGB image; ``noise`` is a :func:`noise_bank` array."""
+def add_noise(img: Image.Image, noise: Image.Image, rng: np.random.Generator,
+              brightness: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
+    """``img`` scaled by a random brightness factor plus a random window of a :func:`noise_bank`."""
+    w, h = img.size
+    ox, oy = int(rng.integers(0, noise.width - w + 1)), int(rng.integers(0, noise.height - h + 1))
+    f = float(rng.uniform(*brightness))
+    if f != 1.0:
+        img = img.point([min(255, int(i * f)) for i in range(256)] * 3)
+    return ImageChops.add(img, noise.crop((ox, oy, ox + w, oy + h)), offset=-_NOISE_OFFSET)
+
+
+def draw_scene(scene: Scene, size: int, rng: np.random.Generator, noise: Image.Image | None = None) -> Image.Image:
+    """Render ``scene`` as a ``size``x``size`` RGB image; ``noise`` comes from :func:`noise_bank`."""
     img = _background(scene.setting, size, rng)
     d = ImageDraw.Draw(img)
     for i in scene.order:
         _draw_object(d, scene.objects[i], size, rng)
-    if noise is None:
-        return img
-    oy, ox = (int(v) for v in rng.integers(0, size, 2))
-    arr = np.asarray(img, np.int16) * float(rng.uniform(0.92, 1.06)) + noise[oy:oy + size, ox:ox + size]
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img if noise is None else add_noise(img, noise, rng, (0.92, 1.06))

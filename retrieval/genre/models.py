@@ -1,0 +1,123 @@
+"""Genre heads: poster-only, text-only, early fusion (concat), late fusion (averaged logits), GMU.
+
+Every model maps ``poster (B, Dp) float32`` and/or ``text (B, Dt) float32`` to ``(B, G)`` logits.
+Inputs are standardised inside the model with training-set statistics kept as buffers, so a saved
+model carries everything it needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MODEL_KINDS = ("poster", "text", "concat", "late", "gmu")
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with fixed per-dimension statistics (identity until :meth:`fit`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor, per_dim: bool = True) -> None:
+        """Per-dimension mean/std; or (``per_dim=False``, for sparse l2-normalised inputs such as tf-idf)
+        no centring and one scale, the root mean square of the non-zero entries, so those become ~1."""
+        if not per_dim:
+            nz = x[x != 0]
+            self.mean.zero_()
+            self.std.fill_(float(nz.pow(2).mean().sqrt()) if nz.numel() else 1.0)
+            return
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def head(d_in: int, n_out: int, hidden: int, dropout: float) -> nn.Module:
+    """Linear classifier when ``hidden == 0``, else Linear-ReLU-Dropout-Linear."""
+    if hidden <= 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, n_out))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+
+
+class GMU(nn.Module):
+    """Gated multimodal unit (Arevalo et al. 2017): ``h = z * tanh(Wp xp) + (1 - z) * tanh(Wt xt)``,
+    ``z = sigmoid(Wz [xp, xt])`` per hidden dimension, then a linear classifier on ``h``."""
+
+    def __init__(self, d_poster: int, d_text: int, n_out: int, hidden: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.poster = nn.Linear(d_poster, hidden)
+        self.text = nn.Linear(d_text, hidden)
+        self.gate = nn.Linear(d_poster + d_text, hidden)
+        self.out = nn.Linear(hidden, n_out)
+
+    def forward(self, xp: torch.Tensor, xt: torch.Tensor, return_gate: bool = False):
+        xp, xt = self.drop(xp), self.drop(xt)
+        z = torch.sigmoid(self.gate(torch.cat([xp, xt], dim=1)))
+        h = z * torch.tanh(self.poster(xp)) + (1 - z) * torch.tanh(self.text(xt))
+        logits = self.out(self.drop(h))
+        return (logits, z) if return_gate else logits
+
+
+class GenreNet(nn.Module):
+    """One of ``MODEL_KINDS`` over poster and/or text inputs; ``forward`` returns ``(B, G)`` logits.
+
+    ``late`` also returns per-branch logits in ``branch_logits`` (training adds their losses so each
+    branch is a classifier by itself, then the two are averaged).
+    """
+
+    def __init__(self, kind: str, n_genres: int, d_poster: int = 0, d_text: int = 0, hidden: int = 256,
+                 dropout: float = 0.3):
+        super().__init__()
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model {kind!r}")
+        self.kind = kind
+        self.uses_poster = kind != "text"
+        self.uses_text = kind != "poster"
+        self.norm_p = Standardize(d_poster) if self.uses_poster else None
+        self.norm_t = Standardize(d_text) if self.uses_text else None
+        if kind == "poster":
+            self.net = head(d_poster, n_genres, hidden, dropout)
+        elif kind == "text":
+            self.net = head(d_text, n_genres, hidden, dropout)
+        elif kind == "concat":
+            self.net = head(d_poster + d_text, n_genres, hidden, dropout)
+        elif kind == "late":
+            self.net_p = head(d_poster, n_genres, hidden, dropout)
+            self.net_t = head(d_text, n_genres, hidden, dropout)
+        else:
+            self.net = GMU(d_poster, d_text, n_genres, max(hidden, 16), dropout)
+        self.branch_logits: tuple[torch.Tensor, ...] = ()
+
+    def fit_normalizers(self, poster: torch.Tensor | None, text: torch.Tensor | None, text_per_dim: bool = True) -> None:
+        """Set the standardisation statistics from training inputs (see :meth:`Standardize.fit`)."""
+        if self.norm_p is not None and poster is not None:
+            self.norm_p.fit(poster)
+        if self.norm_t is not None and text is not None:
+            self.norm_t.fit(text, per_dim=text_per_dim)
+
+    def forward(self, poster: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+        if self.uses_poster:
+            if poster is None:
+                raise ValueError(f"a {self.kind} model needs poster features")
+            poster = self.norm_p(poster)
+        if self.uses_text:
+            if text is None:
+                raise ValueError(f"a {self.kind} model needs text features")
+            text = self.norm_t(text)
+        self.branch_logits = ()
+        if self.kind == "poster":
+            return self.net(poster)
+        if self.kind == "text":
+            return self.net(text)
+        if self.kind == "concat":
+            return self.net(torch.cat([poster, text], dim=1))
+        if self.kind == "late":
+            lp, lt = self.net_p(poster), self.net_t(text)
+            self.branch_logits = (lp, lt)
+            return (lp + lt) / 2
+        return self.net(poster, text)

@@ -1,0 +1,304 @@
+"""Train a genre model on cached poster features and/or overview descriptors.
+
+:func:`prepare` loads labels, joins them to the poster features and fixes the split once;
+:func:`fit` trains one model kind on it (BCE with logits, per-genre positive weights, early stopping on
+validation loss) and tunes per-genre thresholds on validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from extract.errors import UserError
+from retrieval.genre.data import LabelSet, joined, read_label_set
+from retrieval.genre.inputs import TextInput
+from retrieval.genre.metrics import apply_thresholds, multilabel_report, tune_thresholds
+from retrieval.genre.models import MODEL_KINDS
+from retrieval.genre.split import (
+    SPLIT_NAMES,
+    codes_from_names,
+    split_masks,
+    stratified_split,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenreConfig:
+    """Everything that decides how a genre model is trained; saved in its checkpoint."""
+
+    model: str = "concat"
+    descriptor: str = "tfidf"
+    descriptor_path: str | None = None
+    text_cache: str | None = None
+    text_field: str = "overview"
+    hidden: int = 256
+    dropout: float = 0.3
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    pos_weight: str = "auto"
+    pos_weight_cap: float = 10.0
+    patience: int = 10
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise UserError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
+        if self.pos_weight not in ("auto", "none"):
+            try:
+                float(self.pos_weight)
+            except ValueError:
+                raise UserError(f"--pos-weight must be auto, none or a number, not {self.pos_weight!r}") from None
+
+
+@dataclass
+class Prepared:
+    """Labels joined to poster features, with a fixed split. ``poster`` is ``(n, D) float32`` or None."""
+
+    labels: LabelSet
+    poster: np.ndarray | None
+    codes: np.ndarray
+    features: dict | None = None
+    no_train_positive: list[str] = field(default_factory=list)
+
+    def rows(self, split: str) -> np.ndarray:
+        return split_masks(self.codes)[split]
+
+
+def prepare(
+    labels_path: str | os.PathLike,
+    features_path: str | os.PathLike | None = None,
+    text_field: str = "overview",
+    genres: list[str] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    genre_ids_path: str | None = None,
+    allow_pickle: bool = False,
+) -> Prepared:
+    """Load labels (and poster features, joined by id), and split seeded and stratified unless the file has a split column."""
+    labels = read_label_set(labels_path, text_field, genres, genre_ids_path, allow_pickle)
+    poster, info = None, None
+    if features_path is not None:
+        from extract.store import open_features
+
+        ff = open_features(features_path)
+        labels, rows = joined(labels, ff.ids)
+        poster = ff.load(rows)
+        if not np.isfinite(poster).all():
+            raise UserError(f"{features_path} holds non-finite feature values; re-extract it")
+        info = {"path": str(features_path), "dim": ff.dim, "fingerprint": ff.fingerprint, "config": ff.config}
+    if labels.splits is not None:
+        codes = codes_from_names(labels.splits)
+    else:
+        fr = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+        codes = stratified_split(labels.Y, fr, seed)
+    counts = {s: int((codes == k).sum()) for k, s in enumerate(SPLIT_NAMES)}
+    log.info("%d movies, %d genres; split %s", len(labels), len(labels.genres), counts)
+    if counts["train"] == 0:
+        raise UserError(f"{labels.source}: the split leaves no training movies ({counts}); use more movies")
+    train_pos = labels.Y[codes == 0].sum(axis=0)
+    missing = [g for g, c in zip(labels.genres, train_pos) if c == 0]
+    if missing:
+        log.warning(
+            "%d genres have no positive example in training; their threshold stays 0.5 and they are left out of "
+            "macro-F1: %s", len(missing), ", ".join(missing),
+        )
+    return Prepared(labels, poster, codes, info, missing)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndarray:
+    """Per-genre positive weights ``(G,) float32``: ``auto`` = negatives/positives capped at ``cap``."""
+    g = Y.shape[1]
+    if mode == "none":
+        return np.ones(g, np.float32)
+    if mode != "auto":
+        return np.full(g, float(mode), np.float32)
+    pos = Y.sum(axis=0).astype(np.float64)
+    neg = Y.shape[0] - pos
+    return np.where(pos > 0, np.clip(neg / np.maximum(pos, 1), 1.0, cap), 1.0).astype(np.float32)
+
+
+class Batches:
+    """Model inputs for row subsets as torch tensors on ``device``."""
+
+    def __init__(self, poster, text, device):
+        self.poster, self.text, self.device = poster, text, device
+
+    def __call__(self, rows):
+        import torch
+
+        p = torch.from_numpy(np.ascontiguousarray(self.poster[rows])).to(self.device) if self.poster is not None else None
+        t = torch.from_numpy(np.ascontiguousarray(self.text[rows], dtype=np.float32)).to(self.device) if self.text is not None else None
+        return p, t
+
+
+def predict_logits(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024):
+    """``(len(rows), G)`` float32 torch logits from a net in eval mode."""
+    import torch
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            p, t = batches(rows[start : start + batch_size])
+            out.append(net(p, t).float())
+    return torch.cat(out) if out else torch.zeros((0, net_out_dim(net)))
+
+
+def predict_proba(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """``(len(rows), G) float32`` probabilities from a trained net."""
+    import torch
+
+    return torch.sigmoid(predict_logits(net, batches, rows, batch_size)).cpu().numpy()
+
+
+def net_out_dim(net) -> int:
+    """Number of genres a net predicts."""
+    return [m for m in net.modules() if m.__class__.__name__ == "Linear"][-1].out_features
+
+
+def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, quiet: bool = True):
+    """Train ``cfg.model`` on ``prep``; return a :class:`retrieval.genre.checkpoint.GenreClassifier`.
+
+    The epoch with the lowest validation loss is kept (training stops after ``cfg.patience`` epochs
+    without improvement). ``writer`` is an optional tensorboardX SummaryWriter (train/val loss, val
+    micro-F1 with thresholds tuned on val, per epoch).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from retrieval.genre.checkpoint import GenreClassifier
+    from retrieval.genre.models import GenreNet
+
+    device = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    labels = prep.labels
+    train, val = prep.rows("train"), prep.rows("val")
+    uses_text = cfg.model != "poster"
+    if cfg.model != "text" and prep.poster is None:
+        raise UserError(f"--model {cfg.model} needs poster features; pass --features FILE.h5")
+    descriptor, text = None, None
+    if uses_text:
+        descriptor = TextInput(cfg.descriptor, cfg.descriptor_path, cfg.text_cache)
+        descriptor.fit([labels.texts[i] for i in train])
+        text = descriptor.transform(labels.texts)
+    scale_text = descriptor is not None and descriptor.standardize
+    d_p = prep.poster.shape[1] if prep.poster is not None and cfg.model != "text" else 0
+    d_t = text.shape[1] if text is not None else 0
+    net = GenreNet(cfg.model, len(labels.genres), d_p, d_t, cfg.hidden, cfg.dropout)
+    batches = Batches(prep.poster if d_p else None, text, device)
+    tp, tt = batches(train)
+    net.fit_normalizers(tp, tt, text_per_dim=scale_text)
+    net.to(device)
+    Y = torch.from_numpy(labels.Y.astype(np.float32)).to(device)
+    pw = torch.from_numpy(pos_weights(labels.Y[train], cfg.pos_weight, cfg.pos_weight_cap)).to(device)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pw)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    skip = np.array([g in prep.no_train_positive for g in labels.genres])
+    best, best_state, best_epoch, history, stale = -np.inf, None, 0, [], 0
+    t0 = time.perf_counter()
+    for epoch in tqdm(range(cfg.epochs), desc=f"genre {cfg.model}", disable=quiet, leave=False):
+        net.train()
+        total = 0.0
+        for chunk in torch.randperm(len(train), generator=gen).split(cfg.batch_size):
+            rows = train[chunk.numpy()]
+            p, t = batches(rows)
+            logits = net(p, t)
+            loss = loss_fn(logits, Y[rows])
+            if net.branch_logits:
+                loss = loss + 0.5 * sum(loss_fn(b, Y[rows]) for b in net.branch_logits)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(rows)
+        record = {"epoch": epoch + 1, "train_loss": total / len(train)}
+        if len(val):
+            logits = predict_logits(net, batches, val)
+            record["val_loss"] = float(loss_fn(logits, Y[val]))
+            probs = torch.sigmoid(logits).cpu().numpy()
+            th = tune_thresholds(probs, labels.Y[val], skip=skip)
+            record["val_micro_f1"] = multilabel_report(labels.Y[val], apply_thresholds(probs, th), labels.genres)["micro_f1"]
+        history.append(record)
+        if writer is not None:
+            for k, v in record.items():
+                if k != "epoch":
+                    writer.add_scalar(f"{cfg.model}/{k}", v, epoch + 1)
+        score = -record.get("val_loss", record["train_loss"])
+        if score > best:
+            best, best_state, best_epoch, stale = score, copy.deepcopy(net.state_dict()), epoch + 1, 0
+        else:
+            stale += 1
+            if cfg.patience and stale >= cfg.patience:
+                break
+    net.load_state_dict(best_state)
+    thresholds = np.full(len(labels.genres), 0.5, np.float32)
+    if len(val):
+        thresholds = tune_thresholds(predict_proba(net, batches, val), labels.Y[val], skip=skip)
+    seconds = time.perf_counter() - t0
+    log.info("%s: best epoch %d of %d (validation loss %.4f), %.1fs", cfg.model, best_epoch, len(history), -best, seconds)
+    split_ids = {s: [labels.ids[i] for i in prep.rows(s)] for s in ("val", "test")}
+    return GenreClassifier(
+        net=net.cpu(), cfg=cfg, genres=list(labels.genres), thresholds=thresholds, descriptor=descriptor,
+        features=prep.features, no_train_positive=list(prep.no_train_positive), split_ids=split_ids,
+        history=history, train_seconds=seconds, dims={"poster": d_p, "text": d_t}, labels_path=labels.source,
+    )
+
+
+def train_and_save(
+    labels_path: str | os.PathLike,
+    features_path: str | os.PathLike | None,
+    cfg: GenreConfig,
+    out: str | os.PathLike,
+    device: str = "auto",
+    logdir: str | None = None,
+    quiet: bool = True,
+    allow_pickle: bool = False,
+) -> str:
+    """Prepare, train, save the checkpoint to ``out``; return a short summary with the validation and test scores."""
+    from retrieval.genre.metrics import multilabel_report as report_of
+
+    prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                   test_fraction=cfg.test_fraction, allow_pickle=allow_pickle)
+    writer = None
+    if logdir:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(logdir)
+    try:
+        clf = fit(prep, cfg, device=device, writer=writer, quiet=quiet)
+    finally:
+        if writer is not None:
+            writer.close()
+    clf.save(out)
+    lines = [f"saved {out}: {cfg.model} model, {len(clf.genres)} genres, {len(clf.history)} epochs, {clf.train_seconds:.1f}s"]
+    for split in ("val", "test"):
+        rows = prep.rows(split)
+        if len(rows):
+            poster = prep.poster[rows] if prep.poster is not None else None
+            probs = clf.predict_proba(poster, [prep.labels.texts[i] for i in rows])
+            r = report_of(prep.labels.Y[rows], clf.decide(probs), clf.genres, exclude=clf.no_train_positive)
+            lines.append(f"{split}: n={r['n']} micro-F1 {r['micro_f1']:.3f} macro-F1 {r['macro_f1']:.3f} "
+                         f"samples-F1 {r['samples_f1']:.3f} subset-acc {r['subset_accuracy']:.3f}")
+    return "\n".join(lines)

