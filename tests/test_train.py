@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from text_fixtures import make_corpus, make_keyed_vectors
+from text_fixtures import make_corpus, make_keyed_vectors, one_thread  # noqa: F401  (fixture)
 
 from cli import cli
 from extract.errors import UserError
@@ -18,13 +18,7 @@ from retrieval.regressors import regressor_from_numpy
 from retrieval.text import export_vectors
 from retrieval.train import train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +144,7 @@ class _FakeSentenceEncoder:
 
 
 def test_sentence_encoder_descriptor_trains_caches_and_checks_fingerprint(corpus, tmp_path, monkeypatch):
-    import retrieval.encoders as encoders
+    from retrieval import encoders
 
     fake = _FakeSentenceEncoder("use-multilingual")
     monkeypatch.setattr(encoders, "get_encoder", lambda name: fake)
