@@ -191,6 +191,11 @@ def vectors_train(captions: tuple[str, ...], out: str, kind: str, dim: int, epoc
     click.echo(f"wrote {out}: {kind}, {len(wv)} words x {wv.dim} dims, fingerprint {wv.fingerprint}")
 
 
+def _default_vectors() -> str | None:
+    path = workspace_path("vectors.kv")
+    return str(path) if path.exists() else None
+
+
 def _train_options(f):
     """Options shared by `train` and `benchmark retrieval` (the fields of retrieval.config.TrainConfig)."""
     options = [
@@ -198,7 +203,8 @@ def _train_options(f):
                      show_default="workspace/features.h5", help="HDF5 image features (cli.py extract)."),
         click.option("--captions", multiple=True, type=click.Path(exists=True),
                      help="Caption folder(s) with <split>_captions.txt / captions_<split>.json, or such files [default: workspace/demo]."),
-        click.option("--vectors", type=click.Path(exists=True), help="Word vectors (.kv export, or any format: converted once)."),
+        click.option("--vectors", type=click.Path(exists=True), default=_default_vectors, show_default="workspace/vectors.kv if present",
+                     help="Word vectors (.kv export, or any format: converted once)."),
         click.option("--vectors-limit", type=click.IntRange(min=1), help="Load only the first N words of a .vec/.bin file."),
         click.option("--target-norm", type=click.Choice(["l2", "standardise", "none"]), default="l2", show_default=True,
                      help="Target features: l2-normalised (search by cosine), standardised or raw (search by l2)."),
@@ -210,6 +216,7 @@ def _train_options(f):
         click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True, help="Early stopping."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (1 is fastest on a busy machine)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -253,7 +260,8 @@ def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_
     echo = None if quiet or as_json else (lambda record: click.echo(summary_line(record)))
     try:
         result = train(config, kw["features"], kw["captions"] or [str(workspace_path("demo"))], out, vectors=kw["vectors"],
-                       vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo)
+                       vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo,
+                       threads=kw["threads"])
     finally:
         if writer is not None:
             writer.close()
@@ -288,20 +296,21 @@ def evaluate_cmd(ckpt, features, captions, vectors, splits, as_json) -> None:
 @_train_options
 @click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True, help="Epochs for MLP combinations.")
 @click.option("--gru-epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--gru-hidden", type=click.IntRange(min=1), default=256, show_default=True, help="GRU hidden size (--hidden is the MLP's).")
 @click.option("--descriptor", "descriptors", multiple=True, help="Only these descriptors (default: all available).")
 @click.option("--loss", "losses", multiple=True, type=click.Choice(["mse", "cosine", "vse"]), help="Only these losses.")
 @click.option("--test-split", help="Split to report [test].")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Keep the checkpoints here.")
 @click.option("--json", "as_json", is_flag=True)
-def benchmark_retrieval(epochs, gru_epochs, descriptors, losses, test_split, out_dir, as_json, **kw) -> None:
+def benchmark_retrieval(epochs, gru_epochs, gru_hidden, descriptors, losses, test_split, out_dir, as_json, **kw) -> None:
     """Train and evaluate every descriptor x regressor x loss; print R@1/5/10, MRR, times."""
     import json
 
     from retrieval.benchmark import LOSSES, format_rows, run_benchmark
 
     res = run_benchmark(kw["features"], kw["captions"] or [str(workspace_path("demo"))], kw["vectors"], epochs=epochs,
-                        gru_epochs=gru_epochs, hidden=kw["hidden"], test_split=test_split, descriptors=descriptors or None,
-                        losses=losses or LOSSES, base=_base_config(kw), out_dir=out_dir)
+                        gru_epochs=gru_epochs, hidden=kw["hidden"], gru_hidden=gru_hidden, test_split=test_split, descriptors=descriptors or None,
+                        losses=losses or LOSSES, base=_base_config(kw), out_dir=out_dir, threads=kw["threads"])
     if as_json:
         click.echo(json.dumps(res, indent=1))
         return
