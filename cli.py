@@ -494,7 +494,7 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
 # ----------------------------------------------------------------------------------------------
 
 _GENRE_MODELS = ("poster", "text", "concat", "late", "gmu")
-_TEXT_DESCRIPTORS = ("tfidf", "bow", "centroid", "use-multilingual", "e5-small", "regressor")
+_TEXT_DESCRIPTORS = ("tfidf", "centroid", "centroid-tfidf", "use-multilingual", "e5-small", "regressor")
 
 
 def _genre_config(**opts):
@@ -504,6 +504,8 @@ def _genre_config(**opts):
 
 
 def _genre_data_options(f):
+    f = click.option("--genre-ids", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="JSON table of TMDB genre ids -> names ({id: name} or TMDB's genre list).")(f)
     f = click.option("--allow-pickle", is_flag=True, help="Read a .pkl label file (runs code from the file: trusted files only).")(f)
     f = click.option("--text-field", default="overview", show_default=True, help="Label-file column with the overview text.")(f)
     f = click.option("--labels", "labels", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -536,7 +538,8 @@ def _genre_defaults(features, labels):
 
 def _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field):
     return _genre_config(model=model, descriptor=descriptor, descriptor_path=text_encoder, hidden=hidden, dropout=dropout,
-                         epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field)
+                         epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field,
+                         text_cache=str(workspace_path("cache")))
 
 
 @cli.group(cls=_Group)
@@ -551,7 +554,7 @@ def genres() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Checkpoint [default: workspace genre-MODEL.pt].")
 @click.option("--tensorboard/--no-tensorboard", default=False, show_default=True, help="Log to runs/genre-MODEL-TIME.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def genres_train(features, labels, text_field, allow_pickle, model, descriptor, text_encoder, hidden, dropout, epochs,
+def genres_train(features, labels, text_field, allow_pickle, genre_ids, model, descriptor, text_encoder, hidden, dropout, epochs,
                  batch_size, lr, pos_weight, seed, device, out, tensorboard, quiet) -> None:
     """Train a genre model and save it with its config, genre list and validation thresholds."""
     import time
@@ -563,7 +566,7 @@ def genres_train(features, labels, text_field, allow_pickle, model, descriptor, 
     out = out or str(workspace_path(f"genre-{model}.pt"))
     logdir = f"runs/genre-{model}-{time.strftime('%Y%m%d%H%M%S')}" if tensorboard else None
     summary = train_and_save(labels, None if model == "text" else features, cfg, out, device=device,
-                             logdir=logdir, quiet=quiet, allow_pickle=allow_pickle)
+                             logdir=logdir, quiet=quiet, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(summary)
 
 
@@ -573,14 +576,15 @@ def genres_train(features, labels, text_field, allow_pickle, model, descriptor, 
 @click.option("--split", type=click.Choice(["test", "val", "all"]), default="test", show_default=True)
 @click.option("--top-k", type=click.IntRange(1), default=None, help="Predict the K most probable genres instead of thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def genres_evaluate(ckpt, features, labels, text_field, allow_pickle, split, top_k, as_json) -> None:
+def genres_evaluate(ckpt, features, labels, text_field, allow_pickle, genre_ids, split, top_k, as_json) -> None:
     """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table."""
     import json
 
     from retrieval.genre.checkpoint import evaluate, load_classifier
     from retrieval.genre.metrics import format_report
 
-    report = evaluate(load_classifier(ckpt), labels, features, split=split, k=top_k, allow_pickle=allow_pickle)
+    report = evaluate(load_classifier(ckpt), labels, features, split=split, k=top_k, allow_pickle=allow_pickle,
+                      genre_ids=genre_ids)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report, f"{ckpt} ({report['model']}, {split} split, {report['decision']})"))
 
 
@@ -604,7 +608,7 @@ def genres_predict(ckpt, poster, overview, top, device) -> None:
 @click.option("--models", default=",".join(_GENRE_MODELS), show_default=True, help="Comma-separated model kinds.")
 @click.option("--descriptors", default="tfidf", show_default=True, help="Comma-separated text descriptors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def genres_benchmark(features, labels, text_field, allow_pickle, descriptor, text_encoder, hidden, dropout, epochs,
+def genres_benchmark(features, labels, text_field, allow_pickle, genre_ids, descriptor, text_encoder, hidden, dropout, epochs,
                      batch_size, lr, pos_weight, seed, device, models, descriptors, as_json) -> None:
     """Every genre model variant plus baselines on one dataset: one table on the test split."""
     import json
@@ -618,7 +622,7 @@ def genres_benchmark(features, labels, text_field, allow_pickle, descriptor, tex
     if bad:
         raise click.BadParameter(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(_GENRE_MODELS)}", param_hint="--models")
     result = run_benchmark(labels, features, tuple(d.strip() for d in descriptors.split(",") if d.strip()), kinds, cfg,
-                           device=device, allow_pickle=allow_pickle)
+                           device=device, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(json.dumps(result, indent=1) if as_json else format_benchmark(result))
 
 
