@@ -130,6 +130,7 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
         set_search_params(built.index, {knob[0]: int(best["param"].split("=")[1])})
         best = {"param": best["param"], **_operating_point(built.index, xq, gt, k, n_single)}
     row.update(best)
+    log.info("result: %s", json.dumps({k: v for k, v in row.items() if k != "sweep"}))
     row["sweep"] = sweep
     del built
     return row
@@ -160,16 +161,18 @@ def speed_benchmark(n: int, d: int, factories: Sequence[str], nq: int = 1000, se
 
 
 def scaling_benchmark(sizes: Sequence[int], d: int, nq: int = 200, seed: int = 0, target: float = 0.95,
-                      memory_budget: int = 2 << 30, train_size: int = 65536, quiet: bool = True) -> list[dict]:
-    """For each N: the ``auto`` index under ``memory_budget`` (so large N gets a compressed kind)."""
-    from indexes.build import auto_factory
+                      memory_budget: int = 2 << 30, train_size: int = 65536, kind: str = "auto",
+                      quiet: bool = True) -> list[dict]:
+    """For each N: the ``auto`` index under ``memory_budget`` (so large N gets a compressed kind), or ``kind``,
+    a factory string where ``{nlist}`` stands for the guideline's number of lists for that N."""
+    from indexes.build import auto_factory, n_lists
 
     rows = []
     for n in sizes:
         src = SyntheticFeatures(n, d, seed)
         xq = normalize_rows(src.queries(nq))
         _, gt, exact_s = exact_knn(src, xq, 10)
-        factory = auto_factory(n, d, memory_budget)
+        factory = auto_factory(n, d, memory_budget) if kind == "auto" else kind.format(nlist=n_lists(n))
         log.info("scaling: %s on %d x %d", factory, n, d)
         row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet)
         row["exact_batch_qps"] = round(nq / exact_s, 1)
@@ -250,8 +253,9 @@ def format_report(report: dict) -> str:
     cols = ["factory", "n", "param", "build_s", "index_mib", "recall@10", "qps", "p50_ms", "p99_ms", "raw_p50_ms", "layer_ratio"]
     for title, rows in (("speed", (report.get("speed") or {}).get("rows")), ("scaling", report.get("scaling"))):
         if rows:
-            cells = [cols] + [[str(r.get(c, "-")) for c in cols] for r in rows]
-            widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+            names = cols + (["exact_batch_qps"] if title == "scaling" else [])
+            cells = [names] + [[str(r.get(c, "-")) for c in names] for r in rows]
+            widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
             lines.append(title + (f" (exact batch QPS {report['speed']['exact_batch_qps']})" if title == "speed" else ""))
             lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells] + [""]
     cold = report.get("cold")

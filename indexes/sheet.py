@@ -105,8 +105,8 @@ def _png(results: Results, truth):
                 draw.rectangle([x - 4, y - 4, x + THUMB + 3, y + THUMB + 3], outline=colour, width=4)
             thumb = _thumb(hit.path)
             sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
-            draw.text((x, y + THUMB + 4), f"#{hit.rank} {hit.score:.3f}", fill="black")
-            draw.text((x, y + THUMB + 18), Path(hit.id).name[:26], fill="black")
+            draw.text((x, y + THUMB + 4), f"#{hit.rank}   score {hit.score:.3f}", fill="black")
+            draw.text((x, y + THUMB + 18), hit.id[-26:], fill="black")
     return sheet
 
 
