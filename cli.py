@@ -191,6 +191,11 @@ def vectors_train(captions: tuple[str, ...], out: str, kind: str, dim: int, epoc
     click.echo(f"wrote {out}: {kind}, {len(wv)} words x {wv.dim} dims, fingerprint {wv.fingerprint}")
 
 
+def _default_vectors() -> str | None:
+    path = workspace_path("vectors.kv")
+    return str(path) if path.exists() else None
+
+
 def _train_options(f):
     """Options shared by `train` and `benchmark retrieval` (the fields of retrieval.config.TrainConfig)."""
     options = [
@@ -198,7 +203,8 @@ def _train_options(f):
                      show_default="workspace/features.h5", help="HDF5 image features (cli.py extract)."),
         click.option("--captions", multiple=True, type=click.Path(exists=True),
                      help="Caption folder(s) with <split>_captions.txt / captions_<split>.json, or such files [default: workspace/demo]."),
-        click.option("--vectors", type=click.Path(exists=True), help="Word vectors (.kv export, or any format: converted once)."),
+        click.option("--vectors", type=click.Path(exists=True), default=_default_vectors, show_default="workspace/vectors.kv if present",
+                     help="Word vectors (.kv export, or any format: converted once)."),
         click.option("--vectors-limit", type=click.IntRange(min=1), help="Load only the first N words of a .vec/.bin file."),
         click.option("--target-norm", type=click.Choice(["l2", "standardise", "none"]), default="l2", show_default=True,
                      help="Target features: l2-normalised (search by cosine), standardised or raw (search by l2)."),
@@ -210,6 +216,7 @@ def _train_options(f):
         click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True, help="Early stopping."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (1 is fastest on a busy machine)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -253,7 +260,8 @@ def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_
     echo = None if quiet or as_json else (lambda record: click.echo(summary_line(record)))
     try:
         result = train(config, kw["features"], kw["captions"] or [str(workspace_path("demo"))], out, vectors=kw["vectors"],
-                       vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo)
+                       vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo,
+                       threads=kw["threads"])
     finally:
         if writer is not None:
             writer.close()
@@ -288,20 +296,21 @@ def evaluate_cmd(ckpt, features, captions, vectors, splits, as_json) -> None:
 @_train_options
 @click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True, help="Epochs for MLP combinations.")
 @click.option("--gru-epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--gru-hidden", type=click.IntRange(min=1), default=256, show_default=True, help="GRU hidden size (--hidden is the MLP's).")
 @click.option("--descriptor", "descriptors", multiple=True, help="Only these descriptors (default: all available).")
 @click.option("--loss", "losses", multiple=True, type=click.Choice(["mse", "cosine", "vse"]), help="Only these losses.")
 @click.option("--test-split", help="Split to report [test].")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Keep the checkpoints here.")
 @click.option("--json", "as_json", is_flag=True)
-def benchmark_retrieval(epochs, gru_epochs, descriptors, losses, test_split, out_dir, as_json, **kw) -> None:
+def benchmark_retrieval(epochs, gru_epochs, gru_hidden, descriptors, losses, test_split, out_dir, as_json, **kw) -> None:
     """Train and evaluate every descriptor x regressor x loss; print R@1/5/10, MRR, times."""
     import json
 
     from retrieval.benchmark import LOSSES, format_rows, run_benchmark
 
     res = run_benchmark(kw["features"], kw["captions"] or [str(workspace_path("demo"))], kw["vectors"], epochs=epochs,
-                        gru_epochs=gru_epochs, hidden=kw["hidden"], test_split=test_split, descriptors=descriptors or None,
-                        losses=losses or LOSSES, base=_base_config(kw), out_dir=out_dir)
+                        gru_epochs=gru_epochs, hidden=kw["hidden"], gru_hidden=gru_hidden, test_split=test_split, descriptors=descriptors or None,
+                        losses=losses or LOSSES, base=_base_config(kw), out_dir=out_dir, threads=kw["threads"])
     if as_json:
         click.echo(json.dumps(res, indent=1))
         return
@@ -485,7 +494,7 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
 # ----------------------------------------------------------------------------------------------
 
 _GENRE_MODELS = ("poster", "text", "concat", "late", "gmu")
-_TEXT_DESCRIPTORS = ("tfidf", "bow", "centroid", "use-multilingual", "e5-small", "regressor")
+_TEXT_DESCRIPTORS = ("tfidf", "centroid", "centroid-tfidf", "use-multilingual", "e5-small", "regressor")
 
 
 def _genre_config(**opts):
@@ -495,6 +504,8 @@ def _genre_config(**opts):
 
 
 def _genre_data_options(f):
+    f = click.option("--genre-ids", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="JSON table of TMDB genre ids -> names ({id: name} or TMDB's genre list).")(f)
     f = click.option("--allow-pickle", is_flag=True, help="Read a .pkl label file (runs code from the file: trusted files only).")(f)
     f = click.option("--text-field", default="overview", show_default=True, help="Label-file column with the overview text.")(f)
     f = click.option("--labels", "labels", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -527,7 +538,8 @@ def _genre_defaults(features, labels):
 
 def _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field):
     return _genre_config(model=model, descriptor=descriptor, descriptor_path=text_encoder, hidden=hidden, dropout=dropout,
-                         epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field)
+                         epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field,
+                         text_cache=str(workspace_path("cache")))
 
 
 @cli.group(cls=_Group)
@@ -542,7 +554,7 @@ def genres() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Checkpoint [default: workspace genre-MODEL.pt].")
 @click.option("--tensorboard/--no-tensorboard", default=False, show_default=True, help="Log to runs/genre-MODEL-TIME.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def genres_train(features, labels, text_field, allow_pickle, model, descriptor, text_encoder, hidden, dropout, epochs,
+def genres_train(features, labels, text_field, allow_pickle, genre_ids, model, descriptor, text_encoder, hidden, dropout, epochs,
                  batch_size, lr, pos_weight, seed, device, out, tensorboard, quiet) -> None:
     """Train a genre model and save it with its config, genre list and validation thresholds."""
     import time
@@ -554,7 +566,7 @@ def genres_train(features, labels, text_field, allow_pickle, model, descriptor, 
     out = out or str(workspace_path(f"genre-{model}.pt"))
     logdir = f"runs/genre-{model}-{time.strftime('%Y%m%d%H%M%S')}" if tensorboard else None
     summary = train_and_save(labels, None if model == "text" else features, cfg, out, device=device,
-                             logdir=logdir, quiet=quiet, allow_pickle=allow_pickle)
+                             logdir=logdir, quiet=quiet, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(summary)
 
 
@@ -564,14 +576,15 @@ def genres_train(features, labels, text_field, allow_pickle, model, descriptor, 
 @click.option("--split", type=click.Choice(["test", "val", "all"]), default="test", show_default=True)
 @click.option("--top-k", type=click.IntRange(1), default=None, help="Predict the K most probable genres instead of thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def genres_evaluate(ckpt, features, labels, text_field, allow_pickle, split, top_k, as_json) -> None:
+def genres_evaluate(ckpt, features, labels, text_field, allow_pickle, genre_ids, split, top_k, as_json) -> None:
     """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table."""
     import json
 
     from retrieval.genre.checkpoint import evaluate, load_classifier
     from retrieval.genre.metrics import format_report
 
-    report = evaluate(load_classifier(ckpt), labels, features, split=split, k=top_k, allow_pickle=allow_pickle)
+    report = evaluate(load_classifier(ckpt), labels, features, split=split, k=top_k, allow_pickle=allow_pickle,
+                      genre_ids=genre_ids)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report, f"{ckpt} ({report['model']}, {split} split, {report['decision']})"))
 
 
@@ -595,7 +608,7 @@ def genres_predict(ckpt, poster, overview, top, device) -> None:
 @click.option("--models", default=",".join(_GENRE_MODELS), show_default=True, help="Comma-separated model kinds.")
 @click.option("--descriptors", default="tfidf", show_default=True, help="Comma-separated text descriptors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def genres_benchmark(features, labels, text_field, allow_pickle, descriptor, text_encoder, hidden, dropout, epochs,
+def genres_benchmark(features, labels, text_field, allow_pickle, genre_ids, descriptor, text_encoder, hidden, dropout, epochs,
                      batch_size, lr, pos_weight, seed, device, models, descriptors, as_json) -> None:
     """Every genre model variant plus baselines on one dataset: one table on the test split."""
     import json
@@ -609,7 +622,7 @@ def genres_benchmark(features, labels, text_field, allow_pickle, descriptor, tex
     if bad:
         raise click.BadParameter(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(_GENRE_MODELS)}", param_hint="--models")
     result = run_benchmark(labels, features, tuple(d.strip() for d in descriptors.split(",") if d.strip()), kinds, cfg,
-                           device=device, allow_pickle=allow_pickle)
+                           device=device, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(json.dumps(result, indent=1) if as_json else format_benchmark(result))
 
 

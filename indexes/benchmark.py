@@ -130,6 +130,7 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
         set_search_params(built.index, {knob[0]: int(best["param"].split("=")[1])})
         best = {"param": best["param"], **_operating_point(built.index, xq, gt, k, n_single)}
     row.update(best)
+    log.info("result: %s", json.dumps({k: v for k, v in row.items() if k != "sweep"}))
     row["sweep"] = sweep
     del built
     return row

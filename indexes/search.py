@@ -7,6 +7,7 @@ feature file so results come back as ids with paths, and offers the three kinds 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -57,16 +58,22 @@ def search(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"queries have shape {xq.shape} but the index holds {index.d}-d vectors") from None
 
 
-def single_threaded_for(nq: int) -> None:
-    """Run faiss single-threaded for a handful of queries (< 20, faiss's own BLAS threshold).
+@contextlib.contextmanager
+def single_threaded_for(nq: int):
+    """Within the block, run faiss single-threaded for a handful of queries (< 20, faiss's own BLAS threshold).
 
     On one query OpenMP start-up and spinning cost more than they gain, and on a busy machine they can
-    make a 1 ms search take 50 ms.
+    make a 1 ms search take 50 ms. The previous thread count is restored afterwards.
     """
     import faiss
 
+    before = faiss.omp_get_max_threads()
     if nq < 20:
         faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -209,13 +216,13 @@ class Searcher:
     def search_vectors(self, xq: np.ndarray, k: int, queries: Sequence[str] | None = None) -> Results:
         """Search ``(nq, d)`` query vectors (normalised here when the index is cosine) and map rows to ids."""
         xq = np.array(xq, dtype=np.float32, copy=True, ndmin=2)
-        single_threaded_for(len(xq))
         if self.meta["normalize"]:
             from indexes.build import normalize_rows
 
             normalize_rows(xq)
         t0 = time.perf_counter()
-        D, I = search(self.index, xq, k)
+        with single_threaded_for(len(xq)):
+            D, I = search(self.index, xq, k)
         self.timings["search"] = time.perf_counter() - t0
         ids, cfg = self.features.ids, self.features.config
         hits = [

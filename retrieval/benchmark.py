@@ -32,9 +32,9 @@ DEFAULT_COMBOS = [(d, "mlp") for d in ("centroid", "centroid-tfidf", "tfidf")] +
 LOSSES = ("mse", "cosine", "vse")
 
 
-def _encoders_available() -> list[str]:
+def _encoders_available(names: Sequence[str]) -> list[str]:
     out = []
-    for name in ENCODER_KINDS:
+    for name in names:
         try:
             make_descriptor(name)
             out.append(name)
@@ -76,11 +76,13 @@ def run_benchmark(
     epochs: int = 15,
     gru_epochs: int = 8,
     hidden: int | None = None,
+    gru_hidden: int | None = None,
     test_split: str | None = None,
     descriptors: Sequence[str] | None = None,
     losses: Sequence[str] = LOSSES,
     base: TrainConfig | None = None,
     out_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train and evaluate every combination; returns ``{"rows": [...], "encoding": {...}, "test_split": ...}``."""
     from retrieval.train import train
@@ -91,7 +93,7 @@ def run_benchmark(
         raise UserError(f"no test split among {', '.join(sorted(splits))}; pass --test-split NAME")
     combos = [(d, r) for d, r in DEFAULT_COMBOS if descriptors is None or d in descriptors]
     wanted_encoders = ENCODER_KINDS if descriptors is None else [d for d in descriptors if d in ENCODER_KINDS]
-    combos += [(d, "mlp") for d in _encoders_available() if d in wanted_encoders]
+    combos += [(d, "mlp") for d in _encoders_available(wanted_encoders)]
     if vectors is None:
         combos = [(d, r) for d, r in combos if d == "tfidf" or d in ENCODER_KINDS]
         log.warning("no --vectors: benchmarking only descriptors that need no word vectors")
@@ -103,9 +105,9 @@ def run_benchmark(
     for desc, reg in combos:
         for loss in losses:
             cfg = base.with_(descriptor=desc, regressor=reg, loss=loss, epochs=gru_epochs if reg == "gru" else epochs,
-                             hidden=hidden if reg == "mlp" else None)
+                             hidden=hidden if reg == "mlp" else gru_hidden)
             ckpt = tmp / f"{desc}-{reg}-{loss}.npz"
-            result = train(cfg, features, captions, ckpt, vectors=vectors, quiet=True)
+            result = train(cfg, features, captions, ckpt, vectors=vectors, quiet=True, threads=threads)
             metrics = evaluate(ckpt, features, captions, splits=[test])[test]
             encoder = load_text_encoder(ckpt)
             t = time.perf_counter()

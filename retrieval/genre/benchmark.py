@@ -29,6 +29,7 @@ def run_benchmark(
     cfg: GenreConfig | None = None,
     device: str = "auto",
     allow_pickle: bool = False,
+    genre_ids: str | None = None,
 ) -> dict:
     """Train and test every model kind (text-using kinds once per descriptor) plus the baselines.
 
@@ -37,7 +38,7 @@ def run_benchmark(
     """
     cfg = cfg or GenreConfig()
     prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                   test_fraction=cfg.test_fraction, allow_pickle=allow_pickle)
+                   test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
     labels = prep.labels
     train, test = prep.rows("train"), prep.rows("test")
     if len(test) == 0:

@@ -140,6 +140,7 @@ def evaluate(
     k: int | None = None,
     allow_pickle: bool = False,
     device: str = "cpu",
+    genre_ids: str | None = None,
 ) -> dict:
     """Score a model on a label file (default: the one it was trained on) and one split (test, val or all).
 
@@ -151,7 +152,7 @@ def evaluate(
     labels_path = labels_path or clf.labels_path
     if features_path is None and clf.uses_poster:
         features_path = (clf.features or {}).get("path")
-    labels = read_label_set(labels_path, clf.cfg.text_field, clf.genres, allow_pickle=allow_pickle)
+    labels = read_label_set(labels_path, clf.cfg.text_field, clf.genres, genre_ids, allow_pickle)
     poster = None
     if clf.uses_poster:
         from extract.store import open_features

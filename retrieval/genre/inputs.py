@@ -2,7 +2,7 @@
 
 Kinds: ``tfidf`` (words), ``centroid`` / ``centroid-tfidf`` (word vectors, an exported ``.kv``
 set passed as ``path``) from :mod:`retrieval.descriptors`; ``use-multilingual`` / ``e5-small`` sentence
-encoders from :mod:`retrieval.encoders` (outputs cached on disk when a cache path is given); and
+encoders from :mod:`retrieval.encoders` (outputs cached in ``cache/<kind>.h5`` when a cache folder is given); and
 ``regressor``: a trained text regressor checkpoint (``path``) mapping overviews into the 2048-d image space.
 
 :meth:`TextInput.state` is plain lists, tensors and strings, so genre checkpoints load with
@@ -12,6 +12,7 @@ encoders from :mod:`retrieval.encoders` (outputs cached on disk when a cache pat
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class TextInput:
     """One overview descriptor: ``fit(texts)`` on training overviews, then ``transform(texts) -> (n, dim) float32``."""
 
     def __init__(self, kind: str, path: str | None = None, cache: str | None = None):
+        """``path``: word vectors or regressor checkpoint; ``cache``: folder for sentence-encoder caches."""
         if kind not in TEXT_DESCRIPTORS:
             raise UserError(f"unknown text descriptor {kind!r}; choose one of {', '.join(TEXT_DESCRIPTORS)}")
         if kind in ("centroid", "centroid-tfidf", "regressor") and not path:
@@ -92,7 +94,7 @@ class TextInput:
         if self.kind in ENCODER_KINDS and self.cache:
             from retrieval.encoders import cached_encode
 
-            out = cached_encode(impl, texts, self.cache)
+            out = cached_encode(impl, texts, Path(self.cache) / f"{self.kind}.h5")
         elif self.kind in WORD_KINDS:
             out = impl.transform(texts)
         else:

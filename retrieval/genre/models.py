@@ -67,7 +67,9 @@ class GenreNet(nn.Module):
     """One of ``MODEL_KINDS`` over poster and/or text inputs; ``forward`` returns ``(B, G)`` logits.
 
     ``late`` also returns per-branch logits in ``branch_logits`` (training adds their losses so each
-    branch is a classifier by itself, then the two are averaged).
+    branch is a classifier by itself, then the two are averaged). ``concat`` rescales each standardised
+    block so both have the same mean squared norm on the training set: otherwise a 2048-d poster block
+    drowns a tf-idf block with a dozen non-zero entries.
     """
 
     def __init__(self, kind: str, n_genres: int, d_poster: int = 0, d_text: int = 0, hidden: int = 256,
@@ -91,6 +93,7 @@ class GenreNet(nn.Module):
             self.net_t = head(d_text, n_genres, hidden, dropout)
         else:
             self.net = GMU(d_poster, d_text, n_genres, max(hidden, 16), dropout)
+        self.register_buffer("balance", torch.ones(2))
         self.branch_logits: tuple[torch.Tensor, ...] = ()
 
     def fit_normalizers(self, poster: torch.Tensor | None, text: torch.Tensor | None, text_per_dim: bool = True) -> None:
@@ -99,6 +102,11 @@ class GenreNet(nn.Module):
             self.norm_p.fit(poster)
         if self.norm_t is not None and text is not None:
             self.norm_t.fit(text, per_dim=text_per_dim)
+        if self.kind == "concat" and poster is not None and text is not None:
+            target = ((poster.shape[1] + text.shape[1]) / 2) ** 0.5
+            for k, block in enumerate((self.norm_p(poster), self.norm_t(text))):
+                rms = float(block.pow(2).sum(dim=1).mean().sqrt())
+                self.balance[k] = target / rms if rms > 0 else 1.0
 
     def forward(self, poster: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
         if self.uses_poster:
@@ -115,7 +123,7 @@ class GenreNet(nn.Module):
         if self.kind == "text":
             return self.net(text)
         if self.kind == "concat":
-            return self.net(torch.cat([poster, text], dim=1))
+            return self.net(torch.cat([poster * self.balance[0], text * self.balance[1]], dim=1))
         if self.kind == "late":
             lp, lt = self.net_p(poster), self.net_t(text)
             self.branch_logits = (lp, lt)

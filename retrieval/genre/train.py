@@ -275,12 +275,13 @@ def train_and_save(
     logdir: str | None = None,
     quiet: bool = True,
     allow_pickle: bool = False,
+    genre_ids: str | None = None,
 ) -> str:
     """Prepare, train, save the checkpoint to ``out``; return a short summary with the validation and test scores."""
     from retrieval.genre.metrics import multilabel_report as report_of
 
     prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                   test_fraction=cfg.test_fraction, allow_pickle=allow_pickle)
+                   test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
     writer = None
     if logdir:
         from tensorboardX import SummaryWriter
