@@ -163,9 +163,11 @@ def extract_features(
 ) -> ExtractSummary:
     """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
 
-    Finished batches are committed durably at least every ``commit_seconds`` (0: every batch) and at
-    the end; a killed run continues where it stopped when re-run with the same
-    options, and a different model/weights/image size is refused. Bad images go to the failed list.
+    Finished batches are committed durably every ``commit_seconds`` (0: every batch) and at the end;
+    a killed run continues where it stopped when re-run with the same options, and a different
+    model, weights, image size or BatchNorm calibration set is refused. Bad images go to the failed list.
+    With ``--weights none`` the calibration images are the first ``bn_images`` readable images of
+    the sorted full list, so a resumed run rebuilds exactly the same network.
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
