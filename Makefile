@@ -38,13 +38,15 @@ $(WS)/index/index.faiss: $(WS)/features.h5
 $(WS)/posters.h5: $(WS)/demo/manifest.json
 	$(CLI) extract $(WS)/demo/movies/posters $@ --model $(BACKBONE) --weights imagenet
 
-$(WS)/genre-gmu.pt: $(WS)/posters.h5
+$(WS)/genre-late.pt: $(WS)/posters.h5
 	$(CLI) genres train --features $(WS)/posters.h5 --labels $(WS)/demo/movies/movies.csv \
-		--model gmu --quiet --out $@
+		--model late --quiet --out $@
 
-demo: $(WS)/text-encoder.npz $(WS)/index/index.faiss $(WS)/genre-gmu.pt
+demo: $(WS)/text-encoder.npz $(WS)/index/index.faiss $(WS)/genre-late.pt
 	$(CLI) search "una persona en bicicleta" --truth $(WS)/demo/scenes.jsonl \
 		--contact-sheet $(WS)/contact-sheet.png --contact-sheet $(WS)/contact-sheet.html
+	$(CLI) genres predict $(WS)/genre-late.pt --poster $(WS)/demo/movies/posters/m00001.jpg \
+		--overview "Un demonio acecha a un grupo de jóvenes en el bosque." --top 3
 	@echo "contact sheet: $(WS)/contact-sheet.png (and .html); try: $(PY) cli.py search \"un perro en la playa\""
 
 test: $(VENV)/.installed
