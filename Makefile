@@ -8,10 +8,12 @@ PY := $(VENV)/bin/python
 WS ?= workspace
 BACKBONE ?= efficientnet-lite0
 EPOCHS ?= 12
+DESCRIPTOR ?= use-multilingual
+HIDDEN ?= 1024
 CLI := BUSCADOR_WORKSPACE=$(WS) $(PY) cli.py
 
 .PHONY: demo test lint clean
-.DELETE_ON_ERROR:
+.PRECIOUS: $(WS)/features.h5 $(WS)/posters.h5
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +28,12 @@ $(WS)/features.h5: $(WS)/demo/manifest.json
 	$(CLI) extract $(WS)/demo/images $@ --model $(BACKBONE) --weights imagenet
 
 $(WS)/vectors.kv: $(WS)/demo/manifest.json
-	$(CLI) vectors train $(WS)/demo $@
+	$(CLI) vectors train $(WS)/demo/train_captions.txt $@
 
 $(WS)/text-encoder.npz: $(WS)/features.h5 $(WS)/vectors.kv
 	$(CLI) train --features $(WS)/features.h5 --captions $(WS)/demo --vectors $(WS)/vectors.kv \
-		--epochs $(EPOCHS) --no-tensorboard --quiet --out $@
+		--descriptor $(DESCRIPTOR) --regressor mlp --loss vse --hidden $(HIDDEN) --epochs $(EPOCHS) \
+		--no-tensorboard --quiet --out $@
 
 $(WS)/index/index.faiss: $(WS)/features.h5
 	$(CLI) index build $(WS)/features.h5 $(WS)/index
