@@ -96,15 +96,18 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
               help="Image root for ids and relative paths [the folder, or the list file's folder].")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images (decompression-bomb guard).")
+@click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between durable commits of finished batches (0: every batch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
-            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, quiet: bool) -> None:
+            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
+            quiet: bool) -> None:
     """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5; resumable."""
     from extract.features import extract_features
 
     summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size, workers=workers,
                                device=device, image_size=image_size, limit=limit, root=root,
-                               max_pixels=max_pixels, quiet=quiet)
+                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
     click.echo(summary.report())
 
 
@@ -130,22 +133,193 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--image-size", type=click.IntRange(min=16))
-@click.option("--images", default=64, show_default=True, type=click.IntRange(min=1), help="Images to draw and extract.")
+@click.option("--images", default=32, show_default=True, type=click.IntRange(min=1), help="Images to draw and extract.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Alternating timing rounds.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for the forward [torch default].")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, device: str,
-                          image_size: int | None, images: int, as_json: bool) -> None:
+                          image_size: int | None, images: int, rounds: int, threads: int | None,
+                          as_json: bool) -> None:
     """Images/s of the full extraction pipeline vs the bare model forward (same run, model, batch, device)."""
     import json
 
     from extract.bench import benchmark_extract, format_table
 
-    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images)
+    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
 # ----------------------------------------------------------------------------------------------
 # Text side: vectors, train, evaluate
 # ----------------------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def vectors() -> None:
+    """Word vectors: convert any format to the fast exported one, or train them on captions."""
+
+
+@vectors.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), help="Keep only the first N (most frequent) words.")
+def vectors_convert(src: str, out: str, limit: int | None) -> None:
+    """Convert word vectors (.vec/.txt word2vec or GloVe, .bin word2vec or FastText, .kv) to OUT.kv."""
+    from retrieval.text import convert_vectors, open_vectors
+
+    wv = open_vectors(convert_vectors(src, out, limit=limit))
+    click.echo(f"wrote {out}: {len(wv)} words x {wv.dim} dims, fingerprint {wv.fingerprint}"
+               + (", subword vectors for unknown words" if wv.subword else ""))
+
+
+@vectors.command("train")
+@click.argument("captions", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(["fasttext", "word2vec"]), default="fasttext", show_default=True)
+@click.option("--dim", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fold-accents", is_flag=True, help="Strip accents before training (queries must match).")
+def vectors_train(captions: tuple[str, ...], out: str, kind: str, dim: int, epochs: int, min_count: int, seed: int,
+                  fold_accents: bool) -> None:
+    """Train word vectors on CAPTIONS (caption files or folders) and export them to OUT.kv."""
+    from retrieval.text import open_vectors, vectors_from_captions
+
+    wv = open_vectors(vectors_from_captions(captions, out, fold=fold_accents, kind=kind, dim=dim, epochs=epochs,
+                                            min_count=min_count, seed=seed))
+    click.echo(f"wrote {out}: {kind}, {len(wv)} words x {wv.dim} dims, fingerprint {wv.fingerprint}")
+
+
+def _default_vectors() -> str | None:
+    path = workspace_path("vectors.kv")
+    return str(path) if path.exists() else None
+
+
+def _train_options(f):
+    """Options shared by `train` and `benchmark retrieval` (the fields of retrieval.config.TrainConfig)."""
+    options = [
+        click.option("--features", type=click.Path(exists=True, dir_okay=False), default=lambda: str(workspace_path("features.h5")),
+                     show_default="workspace/features.h5", help="HDF5 image features (cli.py extract)."),
+        click.option("--captions", multiple=True, type=click.Path(exists=True),
+                     help="Caption folder(s) with <split>_captions.txt / captions_<split>.json, or such files [default: workspace/demo]."),
+        click.option("--vectors", type=click.Path(exists=True), default=_default_vectors, show_default="workspace/vectors.kv if present",
+                     help="Word vectors (.kv export, or any format: converted once)."),
+        click.option("--vectors-limit", type=click.IntRange(min=1), help="Load only the first N words of a .vec/.bin file."),
+        click.option("--target-norm", type=click.Choice(["l2", "standardise", "none"]), default="l2", show_default=True,
+                     help="Target features: l2-normalised (search by cosine), standardised or raw (search by l2)."),
+        click.option("--margin", type=float, default=0.2, show_default=True, help="Margin of the vse ranking loss."),
+        click.option("--optimiser", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
+        click.option("--lr", type=float, default=1e-3, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--hidden", type=click.IntRange(min=1), help="MLP hidden width [4096] / GRU hidden size [512]."),
+        click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True, help="Early stopping."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (1 is fastest on a busy machine)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _base_config(kw: dict, **more):
+    from retrieval.config import TrainConfig
+
+    keys = ("target_norm", "margin", "optimiser", "lr", "batch_size", "hidden", "patience", "device", "seed")
+    return TrainConfig(**{k: kw[k] for k in keys}, **more)
+
+
+@cli.command("train")
+@_train_options
+@click.option("--descriptor", type=click.Choice(["centroid", "centroid-tfidf", "tfidf", "sequence", "use-multilingual", "e5-small"]),
+              default="centroid", show_default=True)
+@click.option("--regressor", type=click.Choice(["mlp", "gru"]), default="mlp", show_default=True, help="gru needs --descriptor sequence.")
+@click.option("--loss", type=click.Choice(["mse", "cosine", "vse"]), default="vse", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--val-split", help="Split that picks the best epoch [val, else the first non-train split].")
+@click.option("--out", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
+              show_default="workspace/text-encoder.npz")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True, help="tensorboardX log folder.")
+@click.option("--no-tensorboard", is_flag=True, help="Do not write a tensorboardX run.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_tensorboard, quiet, as_json, **kw) -> None:
+    """Train a caption -> image-space encoder; keep the checkpoint with the best validation MRR."""
+    import json
+
+    from retrieval.metrics import format_table
+    from retrieval.train import run_name, summary_line, train
+
+    config = _base_config(kw, descriptor=descriptor, regressor=regressor, loss=loss, epochs=epochs)
+    writer = None
+    if not no_tensorboard:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(logdir=str(Path(runs_dir) / run_name(config)))
+    echo = None if quiet or as_json else (lambda record: click.echo(summary_line(record)))
+    try:
+        result = train(config, kw["features"], kw["captions"] or [str(workspace_path("demo"))], out, vectors=kw["vectors"],
+                       vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo,
+                       threads=kw["threads"])
+    finally:
+        if writer is not None:
+            writer.close()
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(result.checkpoint), "best_epoch": result.best_epoch, "best": result.best,
+                               "seconds": result.seconds, "history": result.history}, indent=1))
+        return
+    click.echo(f"best epoch {result.best_epoch} of {len(result.history)}, {result.seconds:.1f}s; wrote {result.checkpoint}")
+    click.echo(format_table(result.best))
+
+
+@cli.command("evaluate")
+@click.argument("ckpt", type=click.Path(exists=True, dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")))
+@click.option("--features", type=click.Path(exists=True, dir_okay=False), default=lambda: str(workspace_path("features.h5")),
+              show_default="workspace/features.h5")
+@click.option("--captions", multiple=True, type=click.Path(exists=True), help="Caption folder(s) or files [workspace/demo].")
+@click.option("--vectors", type=click.Path(exists=True), help="Word vectors, when not where training left them.")
+@click.option("--split", "splits", multiple=True, help="Only these splits.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate_cmd(ckpt, features, captions, vectors, splits, as_json) -> None:
+    """Text -> image retrieval metrics of a checkpoint, one row per caption split."""
+    import json
+
+    from retrieval.evaluate import evaluate
+    from retrieval.metrics import format_table
+
+    results = evaluate(ckpt, features, captions or [str(workspace_path("demo"))], vectors=vectors, splits=splits or None)
+    click.echo(json.dumps(results, indent=1) if as_json else format_table(results))
+
+
+@benchmark.command("retrieval")
+@_train_options
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True, help="Epochs for MLP combinations.")
+@click.option("--gru-epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--gru-hidden", type=click.IntRange(min=1), default=256, show_default=True, help="GRU hidden size (--hidden is the MLP's).")
+@click.option("--descriptor", "descriptors", multiple=True, help="Only these descriptors (default: all available).")
+@click.option("--loss", "losses", multiple=True, type=click.Choice(["mse", "cosine", "vse"]), help="Only these losses.")
+@click.option("--test-split", help="Split to report [test].")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Keep the checkpoints here.")
+@click.option("--json", "as_json", is_flag=True)
+def benchmark_retrieval(epochs, gru_epochs, gru_hidden, descriptors, losses, test_split, out_dir, as_json, **kw) -> None:
+    """Train and evaluate every descriptor x regressor x loss; print R@1/5/10, MRR, times."""
+    import json
+
+    from retrieval.benchmark import LOSSES, format_rows, run_benchmark
+
+    res = run_benchmark(kw["features"], kw["captions"] or [str(workspace_path("demo"))], kw["vectors"], epochs=epochs,
+                        gru_epochs=gru_epochs, hidden=kw["hidden"], gru_hidden=gru_hidden, test_split=test_split, descriptors=descriptors or None,
+                        losses=losses or LOSSES, base=_base_config(kw), out_dir=out_dir, threads=kw["threads"])
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+        return
+    click.echo(f"text -> image retrieval on split {res['test_split']}")
+    click.echo(format_rows(res["rows"]))
+    e = res["encoding"]
+    if e:
+        click.echo(f"centroid caption encoding: {e['centroid_captions_per_s']:.0f} captions/s vs gensim per-caption loop "
+                   f"{e['gensim_loop_captions_per_s']:.0f} captions/s (x{e['speedup']:.1f}, {e['captions']} captions)")
 
 
 # sentence encoders
@@ -320,7 +494,7 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
 # ----------------------------------------------------------------------------------------------
 
 _GENRE_MODELS = ("poster", "text", "concat", "late", "gmu")
-_TEXT_DESCRIPTORS = ("tfidf", "bow", "centroid", "use-multilingual", "e5-small", "regressor")
+_TEXT_DESCRIPTORS = ("tfidf", "centroid", "centroid-tfidf", "use-multilingual", "e5-small", "regressor")
 
 
 def _genre_config(**opts):
@@ -330,6 +504,8 @@ def _genre_config(**opts):
 
 
 def _genre_data_options(f):
+    f = click.option("--genre-ids", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="JSON table of TMDB genre ids -> names ({id: name} or TMDB's genre list).")(f)
     f = click.option("--allow-pickle", is_flag=True, help="Read a .pkl label file (runs code from the file: trusted files only).")(f)
     f = click.option("--text-field", default="overview", show_default=True, help="Label-file column with the overview text.")(f)
     f = click.option("--labels", "labels", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -362,7 +538,8 @@ def _genre_defaults(features, labels):
 
 def _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field):
     return _genre_config(model=model, descriptor=descriptor, descriptor_path=text_encoder, hidden=hidden, dropout=dropout,
-                         epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field)
+                         epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field,
+                         text_cache=str(workspace_path("cache")))
 
 
 @cli.group(cls=_Group)
@@ -377,7 +554,7 @@ def genres() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Checkpoint [default: workspace genre-MODEL.pt].")
 @click.option("--tensorboard/--no-tensorboard", default=False, show_default=True, help="Log to runs/genre-MODEL-TIME.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def genres_train(features, labels, text_field, allow_pickle, model, descriptor, text_encoder, hidden, dropout, epochs,
+def genres_train(features, labels, text_field, allow_pickle, genre_ids, model, descriptor, text_encoder, hidden, dropout, epochs,
                  batch_size, lr, pos_weight, seed, device, out, tensorboard, quiet) -> None:
     """Train a genre model and save it with its config, genre list and validation thresholds."""
     import time
@@ -389,7 +566,7 @@ def genres_train(features, labels, text_field, allow_pickle, model, descriptor, 
     out = out or str(workspace_path(f"genre-{model}.pt"))
     logdir = f"runs/genre-{model}-{time.strftime('%Y%m%d%H%M%S')}" if tensorboard else None
     summary = train_and_save(labels, None if model == "text" else features, cfg, out, device=device,
-                             logdir=logdir, quiet=quiet, allow_pickle=allow_pickle)
+                             logdir=logdir, quiet=quiet, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(summary)
 
 
@@ -399,14 +576,15 @@ def genres_train(features, labels, text_field, allow_pickle, model, descriptor, 
 @click.option("--split", type=click.Choice(["test", "val", "all"]), default="test", show_default=True)
 @click.option("--top-k", type=click.IntRange(1), default=None, help="Predict the K most probable genres instead of thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def genres_evaluate(ckpt, features, labels, text_field, allow_pickle, split, top_k, as_json) -> None:
+def genres_evaluate(ckpt, features, labels, text_field, allow_pickle, genre_ids, split, top_k, as_json) -> None:
     """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table."""
     import json
 
     from retrieval.genre.checkpoint import evaluate, load_classifier
     from retrieval.genre.metrics import format_report
 
-    report = evaluate(load_classifier(ckpt), labels, features, split=split, k=top_k, allow_pickle=allow_pickle)
+    report = evaluate(load_classifier(ckpt), labels, features, split=split, k=top_k, allow_pickle=allow_pickle,
+                      genre_ids=genre_ids)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report, f"{ckpt} ({report['model']}, {split} split, {report['decision']})"))
 
 
@@ -430,7 +608,7 @@ def genres_predict(ckpt, poster, overview, top, device) -> None:
 @click.option("--models", default=",".join(_GENRE_MODELS), show_default=True, help="Comma-separated model kinds.")
 @click.option("--descriptors", default="tfidf", show_default=True, help="Comma-separated text descriptors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def genres_benchmark(features, labels, text_field, allow_pickle, descriptor, text_encoder, hidden, dropout, epochs,
+def genres_benchmark(features, labels, text_field, allow_pickle, genre_ids, descriptor, text_encoder, hidden, dropout, epochs,
                      batch_size, lr, pos_weight, seed, device, models, descriptors, as_json) -> None:
     """Every genre model variant plus baselines on one dataset: one table on the test split."""
     import json
@@ -444,7 +622,7 @@ def genres_benchmark(features, labels, text_field, allow_pickle, descriptor, tex
     if bad:
         raise click.BadParameter(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(_GENRE_MODELS)}", param_hint="--models")
     result = run_benchmark(labels, features, tuple(d.strip() for d in descriptors.split(",") if d.strip()), kinds, cfg,
-                           device=device, allow_pickle=allow_pickle)
+                           device=device, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(json.dumps(result, indent=1) if as_json else format_benchmark(result))
 
 

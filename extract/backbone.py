@@ -136,6 +136,8 @@ def load_backbone(model: str = "resnet152", weights: str = "imagenet", device: s
     size = int(image_size or default_size)
     if size < 16:
         raise UserError(f"--image-size {size} is too small; use at least 16 pixels")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     module.eval().to(dev).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         probe = torch.zeros(1, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
@@ -172,8 +174,8 @@ def _torchvision(model: str, weights: str, seed: int) -> tuple[nn.Module, str, s
         enum = torchvision.models.get_model_weights(model)
         default_size = int(getattr(enum.DEFAULT.transforms(), "crop_size", [224])[0])
         folder = Path(torch.hub.get_dir()) / "checkpoints"
-        found = [folder / os.path.basename(w.url) for w in sorted(enum, key=lambda w: w != enum.DEFAULT) if (folder / os.path.basename(w.url)).is_file()]
-        path = found[0] if found else folder / os.path.basename(enum.DEFAULT.url)
+        candidates = [folder / os.path.basename(w.url) for w in sorted(enum, key=lambda w: w != enum.DEFAULT)]
+        path = next((p for p in candidates if p.is_file()), candidates[0])  # DEFAULT first, then older ones
         if not path.is_file():
             raise UserError(
                 f"no ImageNet weights for {model} at {path} (nothing is downloaded); "

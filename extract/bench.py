@@ -2,8 +2,8 @@
 
 The pipeline is the real ``extract_features`` on JPEG files drawn into a temporary folder (decode +
 resize in workers, forward, HDF5 commits and final merge); the baseline is the same backbone's forward
-on ready, normalised tensors of the same batch size on the same device. The forward baseline is timed
-before and after the pipeline and averaged, because these machines are shared and noisy.
+on ready, normalised tensors of the same batch size on the same device. Both are timed in alternating
+rounds and each pipeline round is compared with the forward runs around it (shared, noisy machines).
 """
 
 from __future__ import annotations
@@ -56,11 +56,22 @@ def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> float:
 
 
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
-                      device: str = "auto", image_size: int | None = None, images: int = 64) -> dict:
-    """Time the full extraction pipeline and the bare forward; returns a dict of figures and the ratio."""
+                      device: str = "auto", image_size: int | None = None, images: int = 32,
+                      rounds: int = 3, threads: int | None = None) -> dict:
+    """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
+
+    The bare forward on ``images`` ready tensors is timed before the first round and after every
+    round; each round is a fresh full extraction of the same number of drawn JPEG files. A round's
+    ratio is its pipeline rate over the mean of the forward runs around it; the headline figures are
+    medians over rounds, because a shared machine's load drifts.
+    """
     if images < batch_size:
         raise UserError(f"--images ({images}) must be at least --batch-size ({batch_size})")
+    if rounds < 1:
+        raise UserError("--rounds must be >= 1")
     images -= images % batch_size  # whole batches only, so both sides run the same shapes
+    if threads:
+        torch.set_num_threads(threads)
     note = ""
     if weights == "auto":
         try:
@@ -70,24 +81,24 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
             bb = load_backbone(model, "none", device, image_size)
     else:
         bb = load_backbone(model, weights, device, image_size)
+    forward, pipeline = [], []
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = draw_images(folder, images)
         if bb.needs_calibration:
             calibrate(bb, folder, [p.name for p in paths[: min(32, images)]])
-        ready = bb.normalize(
-            torch.from_numpy(np.random.default_rng(1).integers(0, 256, (batch_size, 3, bb.image_size, bb.image_size),
-                                                                 dtype=np.uint8))
-        )
-        batches = images // batch_size
-        before = _forward_rate(bb, ready, batches)
-        summary = extract_features(folder, Path(tmp) / "out.h5", backbone=bb, batch_size=batch_size, workers=workers,
-                                   quiet=True)
-        after = _forward_rate(bb, ready, batches)
-    if summary.written != images:
-        raise RuntimeError(f"benchmark pipeline wrote {summary.written} of {images} images")
-    pipeline = summary.written / summary.seconds
-    forward = (before + after) / 2
+        ready = bb.normalize(torch.from_numpy(
+            np.random.default_rng(1).integers(0, 256, (batch_size, 3, bb.image_size, bb.image_size), dtype=np.uint8)))
+        forward.append(_forward_rate(bb, ready, images // batch_size))
+        for r in range(rounds):
+            summary = extract_features(folder, Path(tmp) / f"out{r}.h5", backbone=bb, batch_size=batch_size,
+                                       workers=workers, quiet=True)
+            if summary.written != images:
+                raise RuntimeError(f"benchmark pipeline wrote {summary.written} of {images} images")
+            pipeline.append(summary.written / summary.seconds)
+            forward.append(_forward_rate(bb, ready, images // batch_size))
+    # each pipeline round against the mean of the forward runs just before and after it (cancels drift)
+    ratios = [p / ((forward[r] + forward[r + 1]) / 2) for r, p in enumerate(pipeline)]
     return {
         "model": model,
         "weights": bb.config["weights"],
@@ -98,11 +109,14 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "workers": workers,
         "image_size": bb.image_size,
         "images": images,
+        "rounds": rounds,
         "dim": bb.dim,
-        "pipeline_images_per_s": round(pipeline, 2),
-        "forward_images_per_s": round(forward, 2),
-        "forward_runs_images_per_s": [round(before, 2), round(after, 2)],
-        "ratio": round(pipeline / forward, 3),
+        "pipeline_images_per_s": round(float(np.median(pipeline)), 3),
+        "forward_images_per_s": round(float(np.median(forward)), 3),
+        "ratio": round(float(np.median(ratios)), 3),
+        "ratio_rounds": [round(v, 3) for v in ratios],
+        "pipeline_rounds_images_per_s": [round(v, 3) for v in pipeline],
+        "forward_rounds_images_per_s": [round(v, 3) for v in forward],
         "note": note,
     }
 
@@ -113,9 +127,11 @@ def format_table(result: dict) -> str:
         ("model", f"{result['model']} ({result['dim']}-d, {result['image_size']}px, weights {result['weights']})"),
         ("device / threads", f"{result['device']} / {result['threads']}"),
         ("batch / workers / images", f"{result['batch_size']} / {result['workers']} / {result['images']}"),
-        ("bare forward", f"{result['forward_images_per_s']:.2f} images/s (runs {result['forward_runs_images_per_s']})"),
-        ("full pipeline", f"{result['pipeline_images_per_s']:.2f} images/s (decode+resize+forward+write)"),
-        ("ratio pipeline/forward", f"{result['ratio']:.3f}"),
+        ("bare forward (median)", (f"{result['forward_images_per_s']:.2f} images/s "
+                                  f"(runs {result['forward_rounds_images_per_s']})")),
+        ("full pipeline (median)", (f"{result['pipeline_images_per_s']:.2f} images/s "
+                                   f"(rounds {result['pipeline_rounds_images_per_s']}; decode+resize+forward+write)")),
+        ("ratio pipeline/forward", f"{result['ratio']:.3f} (median of rounds {result['ratio_rounds']})"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]

@@ -19,6 +19,7 @@ is written last, so a folder with a manifest is always complete.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import shutil
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SOURCES = ("demo.py", "demo_scenes.py", "demo_draw.py", "demo_captions.py", "demo_movies.py", "demo_movie_text.py")
 _MOVIE_STREAM = 1_000_003  # keeps movie seeds apart from every split's seeds
 
 
@@ -94,6 +96,14 @@ class DemoSummary:
         what = "already there, skipped" if self.skipped else f"written in {self.seconds:.1f}s"
         return (f"demo data in {self.out_dir}: {imgs} images, {self.captions} captions, "
                 f"{sum(self.cyclists.values())} with a person on a bicycle, {self.movies} movies ({what})")
+
+
+def source_fingerprint() -> str:
+    """sha256 (16 hex digits) of the generator's source: a code change invalidates an existing demo folder."""
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _entries() -> list[str]:
@@ -190,18 +200,21 @@ def _check_target(out_dir: Path, config: DemoConfig) -> None:
 def generate_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), force: bool = False) -> DemoSummary:
     """Write the demo corpus into ``out_dir`` (see the module doc for the layout).
 
-    A folder whose manifest has the same config is left as it is (``skipped=True``) unless ``force``;
-    a demo folder made with other options is regenerated (only the demo's own entries are replaced).
+    A folder whose manifest has the same config and generator source is left as it is (``skipped=True``)
+    unless ``force``; a demo folder made with other options or by another version of the generator is
+    regenerated (only the demo's own entries are replaced; other files in the folder are kept).
     """
     config.check()
     out_dir = Path(out_dir)
     _check_target(out_dir, config)
     manifest = read_manifest(out_dir)
-    if manifest is not None and manifest.get("config") == config.to_json() and not force:
+    source = source_fingerprint()
+    same = manifest is not None and (manifest.get("config"), manifest.get("source")) == (config.to_json(), source)
+    if same and not force:
         return DemoSummary(out_dir, manifest["images"], manifest["captions"], manifest["movies"],
                            manifest["person_on_bicycle"], skipped=True)
-    if manifest is not None and manifest.get("config") != config.to_json():
-        log.warning("%s holds demo data made with other options; regenerating it", out_dir)
+    if manifest is not None and not same:
+        log.warning("%s holds demo data made with other options or another generator; regenerating it", out_dir)
     start = time.perf_counter()
     partial = out_dir / ".partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -220,6 +233,7 @@ def generate_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), force:
     manifest = {
         "generator": "buscador demo-data",
         "version": GENERATOR_VERSION,
+        "source": source,
         "config": config.to_json(),
         "images": counts,
         "captions": n_captions,

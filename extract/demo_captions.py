@@ -69,7 +69,8 @@ _INVERSE = {"junto a": "al lado", "a la izquierda de": "a su izquierda", "a la d
 _CYCLIST = (("una persona en bicicleta", "f"), ("una persona en bicicleta", "f"), ("un ciclista", "m"),
             ("una persona montando en bicicleta", "f"), ("un hombre en bicicleta", "m"),
             ("una mujer en bicicleta", "f"), ("alguien en bicicleta", "m"))
-_CYCLIST_COLOR = (("una persona en una bicicleta {a}", "f"), ("un ciclista con una bicicleta {a}", "m"),
+_CYCLIST_COLOR = (("una persona en bicicleta vestida de {c}", "f"), ("una persona en bicicleta con camiseta {a}", "f"),
+                  ("una persona en una bicicleta {a}", "f"), ("un ciclista con una bicicleta {a}", "m"),
                   ("una persona vestida de {c} que monta una bicicleta {a}", "f"),
                   ("un ciclista vestido de {c}", "m"), ("una bicicleta {a} con su ciclista", "f"))
 _GENDERED = {"rojo": "roj", "blanco": "blanc", "negro": "negr", "amarillo": "amarill"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -39,6 +40,7 @@ PALETTES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "Fantasía": ((60, 20, 95), (155, 85, 195), (255, 220, 120)),
     "Documental": ((235, 230, 215), (200, 195, 180), (60, 60, 60)),
 }
+_LOG_WEIGHTS = np.log(np.asarray(GENRE_WEIGHTS))
 P_POSTER, P_TEXT = 0.75, 0.75  # chance that a genre of a movie shows on the poster / in the overview
 
 
@@ -62,10 +64,11 @@ class Movie:
 
 def sample_genres(rng: np.random.Generator) -> tuple[str, ...]:
     """1-3 distinct genres in GENRES order; Documental stands alone."""
-    k = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
-    p = np.asarray(GENRE_WEIGHTS) / sum(GENRE_WEIGHTS)
-    chosen = rng.choice(len(GENRES), size=k, replace=False, p=p)
-    names = {GENRES[i] for i in chosen}
+    u = rng.random()
+    k = 1 if u < 0.45 else 2 if u < 0.85 else 3
+    # weighted sampling without replacement: the k largest log-weight + Gumbel keys
+    keys = _LOG_WEIGHTS + rng.gumbel(size=len(GENRES))
+    names = {GENRES[i] for i in np.argsort(-keys)[:k]}
     if "Documental" in names:
         names = {"Documental"}
     return tuple(g for g in GENRES if g in names)
@@ -214,8 +217,17 @@ _MOTIFS = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _title_mask(title: str, width: int, band: int) -> Image.Image:
+    """The title rendered once as a (width, band) "L" mask, centred."""
+    mask = Image.new("L", (width, band), 0)
+    font = ImageFont.load_default(size=max(8, band // 3))
+    ImageDraw.Draw(mask).text((width // 2, band // 2), title, fill=255, font=font, anchor="mm")
+    return mask
+
+
 def draw_poster(movie: Movie, size: tuple[int, int], rng: np.random.Generator,
-                noise: tuple[Image.Image, Image.Image] | None = None) -> Image.Image:
+                noise: Image.Image | None = None) -> Image.Image:
     """Poster of ``movie`` as a (width, height) RGB image: palette and motifs of its poster genres."""
     W, H = size
     others = [g for g in GENRES if g not in movie.genres]
@@ -232,6 +244,6 @@ def draw_poster(movie: Movie, size: tuple[int, int], rng: np.random.Generator,
         _MOTIFS[g](d, cx, cy, r, jitter(PALETTES[g][2], rng, 12), rng)
     band = int(H * 0.13)
     d.rectangle((0, H - band, W, H), fill=(15, 15, 20))
-    font = ImageFont.load_default(size=max(8, band // 3))
-    d.text((W // 2, H - band // 2), movie.title, fill=(240, 240, 240), font=font, anchor="mm")
+    mask = _title_mask(movie.title, W, band)
+    img.paste((240, 240, 240), (0, H - band), mask)
     return img if noise is None else add_noise(img, noise, rng)

@@ -55,9 +55,9 @@ _SMALLER = {"grande": "mediano", "mediano": "pequeño", "pequeño": "pequeño"}
 
 #: (width, height) of one instance at scale 1, as fractions of the image side.
 _DIMS: dict[str, tuple[float, float]] = {
-    "persona": (0.13, 0.36), "ciclista": (0.40, 0.40), "bicicleta": (0.36, 0.21),
-    "perro": (0.28, 0.18), "gato": (0.15, 0.19), "coche": (0.42, 0.19), "arbol": (0.30, 0.50),
-    "casa": (0.34, 0.36), "pelota": (0.10, 0.10), "barco": (0.36, 0.30), "sol": (0.17, 0.17),
+    "persona": (0.18, 0.48), "ciclista": (0.50, 0.50), "bicicleta": (0.48, 0.28),
+    "perro": (0.38, 0.25), "gato": (0.20, 0.26), "coche": (0.52, 0.24), "arbol": (0.36, 0.60),
+    "casa": (0.40, 0.44), "pelota": (0.15, 0.15), "barco": (0.44, 0.38), "sol": (0.17, 0.17),
     "luna": (0.16, 0.16),
 }
 #: Range of the objects' ground line (bottom edge) per setting; boats float in the water band.
@@ -262,8 +262,9 @@ def sample_scene(rng: np.random.Generator, cyclist: bool = False) -> Scene:
         placed = None
         for _ in range(4):
             placed = _layout_pair(rng, setting, s_kind, s_size, s_count, o_kind, o_size, relation)
-            if placed is not None:
+            if placed is not None and min(placed[0][1], placed[1][1]) > 0.0:
                 break
+            placed = None
             s_size, o_size = _SMALLER[s_size], _SMALLER[o_size]
             s_count = 1
         if placed is not None:
@@ -274,6 +275,7 @@ def sample_scene(rng: np.random.Generator, cyclist: bool = False) -> Scene:
     if not objects:
         sw, sh = object_dims(s_kind, s_size, s_count)
         lo, hi = _ground_band(setting, s_kind)
+        lo = min(max(lo, sh + 0.01), hi)
         objects = [SceneObject(s_kind, s_color, s_size, _box_at(_free_x(rng, sw), float(rng.uniform(lo, hi)), sw, sh), s_count)]
         order = [0]
     sky = "luna" if setting == "noche" else "sol"

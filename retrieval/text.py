@@ -40,9 +40,10 @@ from extract.store import atomic_path
 
 log = logging.getLogger(__name__)
 
-# gensim.utils.PAT_ALPHABETIC: runs of word characters that are not digits. Mirrored here so that
-# tokenising a query does not import gensim; tests check the two agree.
-_PAT_ALPHABETIC = re.compile(r"(((?![\d])\w)+)", re.UNICODE)
+# gensim.utils.PAT_ALPHABETIC, r"(((?![\d])\w)+)": runs of word characters that are not digits, written
+# as one character class (3x faster). Mirrored here so that tokenising a query does not import gensim;
+# tests check the two agree.
+_PAT_ALPHABETIC = re.compile(r"[^\W\d]+", re.UNICODE)
 _FASTTEXT_MAGIC = 793712314
 
 
@@ -60,7 +61,7 @@ def tokenize(text: str, fold_accents: bool = False) -> list[str]:
     text = unicodedata.normalize("NFC", text).lower()
     if fold_accents:
         text = deaccent(text)
-    return [m.group() for m in _PAT_ALPHABETIC.finditer(text)]
+    return _PAT_ALPHABETIC.findall(text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,3 +282,19 @@ def prepare_vectors(path: str | os.PathLike, out_dir: str | os.PathLike, limit: 
         log.warning("converting %s to %s once (pass the .kv next time)", path, out)
         convert_vectors(path, out, limit=limit)
     return open_vectors(out)
+
+
+def vectors_from_captions(
+    sources: Sequence[str | os.PathLike], out: str | os.PathLike, fold: bool = False, **options
+) -> Path:
+    """Train word vectors on the captions of caption files/folders (see :mod:`retrieval.datasets`), export to ``out``.
+
+    ``options`` go to :func:`train_vectors` (``kind``, ``dim``, ``epochs``, ``window``, ``min_count``, ``seed``).
+    """
+    from retrieval.datasets import find_splits, read_captions
+
+    files = find_splits(sources)
+    sentences = [tokenize(t, fold_accents=fold) for name, f in files.items() for t in read_captions(f, name).texts]
+    sentences = [s for s in sentences if s]
+    names = ", ".join(f"{n} ({f.name})" for n, f in files.items())
+    return train_vectors(sentences, out, source=f"captions: {names}", **options)

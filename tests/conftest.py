@@ -19,3 +19,13 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_workspace(tmp_path_factory, monkeypatch):
+    """Every test sees an empty default workspace, never the one `make demo` filled."""
+    import cli
+
+    ws = tmp_path_factory.mktemp("workspace")
+    monkeypatch.setattr(cli, "WORKSPACE", ws)
+    monkeypatch.setenv("BUSCADOR_WORKSPACE", str(ws))

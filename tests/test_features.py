@@ -125,7 +125,7 @@ def test_resume_after_repeated_sigkill(tmp_path):
     folder, out = tmp_path / "imgs", tmp_path / "killed.h5"
     extract_features(folder, out, limit=16, workers=0, **TINY)  # an existing file, so kills can hit the merge
     cmd = [sys.executable, "cli.py", "extract", str(folder), str(out), "--model", "resnet18", "--weights", "none",
-           "--image-size", "32", "--batch-size", "4", "--workers", "1", "--quiet"]
+           "--image-size", "32", "--batch-size", "4", "--workers", "1", "--commit-every", "0", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     rng = np.random.default_rng(0)
     kills, runs = 0, 0
@@ -157,3 +157,21 @@ def test_resume_after_repeated_sigkill(tmp_path):
     assert sorted(i for i, _ in a.failed) == sorted(bad) and sorted(a.failed) == sorted(b.failed)
     np.testing.assert_allclose(_by_id(a.path, good), _by_id(b.path, good), **TOL)
     assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_embedding_against_an_imported_file_is_refused(tmp_path):
+    from extract.store import write_features
+
+    write_features(tmp_path / "imp.h5", ["a.jpg"], np.zeros((1, 8), np.float32), {"model": "imported"})
+    with pytest.raises(UserError, match="imported from precomputed vectors"):
+        embed_images([tmp_path / "a.jpg"], tmp_path / "imp.h5")
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_matches_cpu(tmp_path):
+    good, _ = draw_dataset(tmp_path / "imgs", 8)
+    extract_features(tmp_path / "imgs", tmp_path / "cpu.h5", workers=0, device="cpu", **TINY)
+    extract_features(tmp_path / "imgs", tmp_path / "gpu.h5", workers=1, device="cuda", **TINY)
+    a, b = _by_id(tmp_path / "cpu.h5", good), _by_id(tmp_path / "gpu.h5", good)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99  # fp16/bf16 autocast on the GPU, fp32 on the CPU

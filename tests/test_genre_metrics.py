@@ -7,7 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from retrieval.genre.metrics import apply_thresholds, multilabel_report, top_k, tune_thresholds
+from retrieval.genre.metrics import (
+    apply_thresholds,
+    multilabel_report,
+    top_k,
+    tune_thresholds,
+)
 
 
 def _f1(tp, fp, fn):

@@ -11,8 +11,8 @@ from extract.store import write_features
 
 GENRES = ["Drama", "Comedia", "Acción", "Terror", "Romance"]
 RATES = [0.5, 0.35, 0.3, 0.2, 0.15]
-WORDS = {g: [f"{g.lower()}{k}" for k in range(3)] for g in GENRES}
-FILLER = [f"palabra{k}" for k in range(60)]
+WORDS = {g: [g.lower() + s for s in ("uno", "dos", "tres")] for g in GENRES}
+FILLER = [f"pal{a}{b}" for a in "abcdefghij" for b in "klmnop"]
 
 
 def write_movies(folder, n: int = 300, dim: int = 32, seed: int = 0):
@@ -49,7 +49,7 @@ def write_movies(folder, n: int = 300, dim: int = 32, seed: int = 0):
 @pytest.fixture(scope="module")
 def movies(tmp_path_factory):
     folder = tmp_path_factory.mktemp("movies")
-    labels, feats, _ = write_movies(folder)
+    labels, feats, _ = write_movies(folder, n=600)
     from retrieval.genre.train import prepare
 
     return prepare(labels, feats, seed=0)
@@ -71,7 +71,7 @@ def scores(movies):
 
     out, models = {}, {}
     for kind in ("poster", "text", "concat", "late", "gmu"):
-        clf = fit(movies, GenreConfig(model=kind, epochs=40, hidden=64, seed=0), device="cpu")
+        clf = fit(movies, GenreConfig(model=kind, epochs=30, hidden=32, batch_size=128, lr=3e-3, seed=0), device="cpu")
         out[kind], models[kind] = _test_micro_f1(movies, clf), clf
     test, train = movies.rows("test"), movies.rows("train")
     base = most_frequent(movies.labels.Y[train], len(test))
@@ -127,3 +127,36 @@ def test_gmu_gate_is_a_per_dimension_weight():
     logits, z = gmu(torch.randn(7, 4), torch.randn(7, 6), return_gate=True)
     assert logits.shape == (7, 3) and z.shape == (7, 5)
     assert bool(((z > 0) & (z < 1)).all())
+
+
+def test_regressor_descriptor_feeds_the_text_encoder_output(movies, tmp_path):
+    """A text-regressor checkpoint (tf-idf -> MLP -> feature space) as the overview descriptor."""
+    from retrieval.checkpoint import save_checkpoint
+    from retrieval.descriptors import make_descriptor
+    from retrieval.genre.checkpoint import load_classifier
+    from retrieval.genre.inputs import TextInput
+    from retrieval.genre.train import GenreConfig, fit
+
+    texts = movies.labels.texts
+    tfidf = make_descriptor("tfidf", None, ngrams=1).fit(texts)
+    rng = np.random.default_rng(0)
+    w = {"fc1.weight": rng.normal(size=(16, tfidf.dim)), "fc1.bias": rng.normal(size=16),
+         "fc2.weight": rng.normal(size=(6, 16)), "fc2.bias": rng.normal(size=6)}
+    arrays = {f"weights/{k}": v.astype(np.float32) for k, v in w.items()}
+    arrays.update({f"descriptor/{k}": v for k, v in tfidf.state().items()})
+    config = {"descriptor": "tfidf", "regressor": "mlp", "descriptor_config": tfidf.config, "feature_dim": 6,
+              "target_norm": "none", "metric": "l2"}
+    ckpt = save_checkpoint(tmp_path / "regressor.npz", arrays, config, [])
+
+    x = tfidf.transform(texts[:5])
+    expected = np.maximum(x @ w["fc1.weight"].T + w["fc1.bias"], 0) @ w["fc2.weight"].T + w["fc2.bias"]
+    got = TextInput("regressor", str(ckpt)).fit(texts).transform(texts[:5])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    clf = fit(movies, GenreConfig(model="gmu", descriptor="regressor", descriptor_path=str(ckpt), epochs=3, hidden=16), device="cpu")
+    assert clf.dims["text"] == 6
+    clf.save(tmp_path / "genre.pt")
+    back = load_classifier(tmp_path / "genre.pt")
+    rows = movies.rows("test")[:10]
+    sub = [texts[i] for i in rows]
+    np.testing.assert_allclose(back.predict_proba(movies.poster[rows], sub), clf.predict_proba(movies.poster[rows], sub), atol=1e-6)

@@ -229,3 +229,17 @@ def test_prepare_image_resizes_shorter_side_and_centre_crops(tmp_path):
     assert arr.flags.writeable
     assert tuple(arr[16, 16]) == (0, 255, 0) and tuple(arr[2, 2]) == (0, 255, 0)
     assert prepare_image(tmp_path / "missing.png", 32) == (None, "file not found")
+
+
+def test_relative_folder_gives_ids_relative_to_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from extract.images import list_images, load_image
+
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "imgs" / "sub" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    listing = list_images("imgs")
+    assert listing.ids == ["sub/a.png"]
+    im, reason = load_image(listing.paths()[0])
+    assert reason is None and im.size == (8, 8)

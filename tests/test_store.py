@@ -70,3 +70,25 @@ def test_resume_with_other_config_is_refused(tmp_path):
         ResumableWriter(out, {"model": "b"}, dim=2, match_keys=("model",))
     with pytest.raises(UserError, match="2-d features"):
         ResumableWriter(out, {"model": "a"}, dim=3, match_keys=("model",))
+
+
+def test_finalize_without_new_parts_keeps_the_file(tmp_path):
+    out = tmp_path / "f.h5"
+    w = ResumableWriter(out, {"model": "m"}, 4, ["model"])
+    w.commit(["a", "b"], np.ones((2, 4), np.float32))
+    w.finalize()
+    before = (out.stat().st_ino, out.read_bytes())
+    again = ResumableWriter(out, {"model": "m"}, 4, ["model"])
+    again.commit(["a"], np.zeros((1, 4), np.float32))  # already done: nothing new is written
+    again.finalize()
+    assert (out.stat().st_ino, out.read_bytes()) == before
+    assert not out.with_name("f.h5.parts").exists()
+
+
+def test_config_attrs_accept_str_subclasses(tmp_path):
+    class Version(str):
+        pass
+
+    write_features(tmp_path / "f.h5", ["a"], np.zeros((1, 2), np.float32), {"torch": Version("2.4.0+cpu"), "n": 3})
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f.attrs["torch"] == "2.4.0+cpu" and f.attrs["n"] == 3

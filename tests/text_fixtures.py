@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from extract.store import write_features
 from retrieval.text import export_vectors
@@ -51,3 +52,14 @@ def make_corpus(root: Path, n_images=(60, 20), captions_per_image=3, dim=12, fea
         (root / f"{split}_captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     features = write_features(root / "features.h5", ids, np.array(feats, np.float32), {"model": "synthetic"})
     return {"features": features, "vectors": vectors, "root": root}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one torch thread (and it is fair to a shared machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,6 +29,7 @@ def run_benchmark(
     cfg: GenreConfig | None = None,
     device: str = "auto",
     allow_pickle: bool = False,
+    genre_ids: str | None = None,
 ) -> dict:
     """Train and test every model kind (text-using kinds once per descriptor) plus the baselines.
 
@@ -37,7 +38,7 @@ def run_benchmark(
     """
     cfg = cfg or GenreConfig()
     prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                   test_fraction=cfg.test_fraction, allow_pickle=allow_pickle)
+                   test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
     labels = prep.labels
     train, test = prep.rows("train"), prep.rows("test")
     if len(test) == 0:
@@ -86,11 +87,11 @@ def format_benchmark(result: dict) -> str:
     lines = [
         (f"genre benchmark: {len(result['genres'])} genres; train {n['train']}, val {n['val']}, test {n['test']} movies "
         "(figures on test; thresholds from val)"),
-        f"{'model':<14} {'inputs':<16} {'micro-F1':>8} {'macro-F1':>8} {'samples-F1':>10} {'subset-acc':>10} {'hamming':>8} {'train s':>8}",
+        f"{'model':<14} {'inputs':<24} {'micro-F1':>8} {'macro-F1':>8} {'samples-F1':>10} {'subset-acc':>10} {'hamming':>8} {'train s':>8}",
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['model']:<14} {r['inputs']:<16} {r['micro_f1']:8.3f} {r['macro_f1']:8.3f} {r['samples_f1']:10.3f} "
+            f"{r['model']:<14} {r['inputs']:<24} {r['micro_f1']:8.3f} {r['macro_f1']:8.3f} {r['samples_f1']:10.3f} "
             f"{r['subset_accuracy']:10.3f} {r['hamming_loss']:8.4f} {r['train_s']:8.2f}"
         )
     lines += [f"note: {x}" for x in result["notes"]]

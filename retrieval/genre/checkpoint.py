@@ -105,7 +105,7 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
     """Load a checkpoint written by :meth:`GenreClassifier.save`."""
     import torch
 
-    from retrieval.genre.inputs import descriptor_from_state
+    from retrieval.genre.inputs import text_input_from_state
     from retrieval.genre.models import GenreNet
     from retrieval.genre.train import GenreConfig
 
@@ -120,11 +120,10 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
         raise UserError(f"{path} is not a genre checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r}, expected {FORMAT})")
     cfg = GenreConfig(**blob["config"])
     dims = blob["dims"]
-    sparse = blob["descriptor"] is not None and blob["descriptor"]["name"] in ("tfidf", "bow")
-    net = GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout, standardize_text=not sparse)
+    net = GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout)
     net.load_state_dict(blob["state_dict"])
     net.eval()
-    desc = descriptor_from_state(blob["descriptor"]) if blob["descriptor"] is not None else None
+    desc = text_input_from_state(blob["descriptor"]) if blob["descriptor"] is not None else None
     return GenreClassifier(
         net=net, cfg=cfg, genres=list(blob["genres"]), thresholds=np.asarray(blob["thresholds"], np.float32),
         descriptor=desc, features=blob["features"], no_train_positive=list(blob["no_train_positive"]),
@@ -141,6 +140,7 @@ def evaluate(
     k: int | None = None,
     allow_pickle: bool = False,
     device: str = "cpu",
+    genre_ids: str | None = None,
 ) -> dict:
     """Score a model on a label file (default: the one it was trained on) and one split (test, val or all).
 
@@ -152,7 +152,7 @@ def evaluate(
     labels_path = labels_path or clf.labels_path
     if features_path is None and clf.uses_poster:
         features_path = (clf.features or {}).get("path")
-    labels = read_label_set(labels_path, clf.cfg.text_field, clf.genres, allow_pickle=allow_pickle)
+    labels = read_label_set(labels_path, clf.cfg.text_field, clf.genres, genre_ids, allow_pickle)
     poster = None
     if clf.uses_poster:
         from extract.store import open_features
@@ -194,7 +194,11 @@ def predict_movie(
             from extract.features import embed_images
         except ImportError as exc:
             raise UserError(f"extracting poster features needs extract.features, which is not available ({exc})") from None
-        feats, failed = embed_images([poster], (clf.features or {}).get("config", {}), device)
+        config = (clf.features or {}).get("config", {})
+        if not config.get("model") or not config.get("weights"):
+            raise UserError(f"the model's poster features ({(clf.features or {}).get('path')}) record no backbone, so a new "
+                            "poster cannot be embedded like them; train on features made by `cli.py extract`")
+        feats, failed = embed_images([poster], config, device)
         if failed or len(feats) != 1:
             why = failed[0][1] if failed and isinstance(failed[0], (tuple, list)) else failed
             raise UserError(f"cannot read poster {poster}: {why}")

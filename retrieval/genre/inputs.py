@@ -1,15 +1,18 @@
-"""Overview text -> model inputs: bag-of-words / tf-idf (gensim), sentence encoders, the text regressor.
+"""Overview text -> ``(n, d) float32`` model inputs, through the shared text descriptors.
 
-Every descriptor has ``fit(texts)``, ``transform(texts) -> (n, d) float32`` (a scipy CSR matrix for the
-sparse bag-of-words kinds), ``dim``, ``config`` and ``state()``; :func:`descriptor_from_state` rebuilds a
-fitted descriptor from ``state()`` (plain dicts, so checkpoints load without unpickling code).
+Kinds: ``tfidf`` (words), ``centroid`` / ``centroid-tfidf`` (word vectors, an exported ``.kv``
+set passed as ``path``) from :mod:`retrieval.descriptors`; ``use-multilingual`` / ``e5-small`` sentence
+encoders from :mod:`retrieval.encoders` (outputs cached in ``cache/<kind>.h5`` when a cache folder is given); and
+``regressor``: a trained text regressor checkpoint (``path``) mapping overviews into the 2048-d image space.
+
+:meth:`TextInput.state` is plain lists, tensors and strings, so genre checkpoints load with
+``torch.load(weights_only=True)``; :func:`text_input_from_state` rebuilds the fitted input.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
@@ -17,160 +20,119 @@ from extract.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SPARSE_KINDS = ("tfidf", "bow")
+WORD_KINDS = ("tfidf", "centroid", "centroid-tfidf")
 ENCODER_KINDS = ("use-multilingual", "e5-small")
-TEXT_DESCRIPTORS = (*SPARSE_KINDS, "centroid", *ENCODER_KINDS, "regressor")
+TEXT_DESCRIPTORS = (*WORD_KINDS, *ENCODER_KINDS, "regressor")
+UNSCALED_KINDS = ("tfidf",)  # sparse, already l2-normalised: not standardised per dimension
+TFIDF_OPTIONS = {"ngrams": 1, "max_features": 20000}
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens; accents and ñ are kept (``retrieval.text.tokenize`` when available)."""
-    try:
-        from retrieval.text import tokenize as shared
-    except ImportError:
-        from gensim.utils import simple_preprocess
+def _to_plain(arrays: dict[str, np.ndarray]) -> dict:
+    import torch
 
-        return simple_preprocess(text, deacc=False, min_len=2, max_len=30)
-    return list(shared(text))
+    return {k: (v.tolist() if v.dtype.kind in "US" else torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items()}
 
 
-class BagOfWords:
-    """Sparse bag-of-words counts or tf-idf over a gensim Dictionary fitted on the training overviews."""
-
-    def __init__(self, kind: str = "tfidf", no_below: int = 2, no_above: float = 0.7, keep_n: int = 20000):
-        if kind not in SPARSE_KINDS:
-            raise ValueError(kind)
-        self.kind, self.no_below, self.no_above, self.keep_n = kind, no_below, no_above, keep_n
-        self._dictionary = None
-        self._tfidf = None
-
-    @property
-    def config(self) -> dict:
-        return {"name": self.kind, "no_below": self.no_below, "no_above": self.no_above, "keep_n": self.keep_n}
-
-    @property
-    def dim(self) -> int:
-        return len(self._dictionary) if self._dictionary is not None else 0
-
-    def fit(self, texts: list[str]) -> BagOfWords:
-        from gensim.corpora import Dictionary
-
-        docs = [tokenize(t) for t in texts]
-        d = Dictionary(docs)
-        if len(docs) >= 20:
-            d.filter_extremes(no_below=self.no_below, no_above=self.no_above, keep_n=self.keep_n)
-        if len(d) == 0:
-            raise UserError(f"the {len(texts)} training overviews have no usable words; check --text-field")
-        self._set(d)
-        return self
-
-    def _set(self, dictionary) -> None:
-        from gensim.models import TfidfModel
-
-        self._dictionary = dictionary
-        self._tfidf = TfidfModel(dictionary=dictionary) if self.kind == "tfidf" else None
-
-    def transform(self, texts: list[str]):
-        """``(n, V)`` float32 CSR; an overview with no known word is an all-zero row (counted in the log)."""
-        from gensim.matutils import corpus2csc
-
-        if self._dictionary is None:
-            raise RuntimeError("fit the descriptor first")
-        bows = [self._dictionary.doc2bow(tokenize(t)) for t in texts]
-        empty = sum(1 for b in bows if not b)
-        if empty:
-            log.info("%d of %d overviews have no word in the vocabulary (all-zero rows)", empty, len(texts))
-        if self._tfidf is not None:
-            bows = [self._tfidf[b] for b in bows]
-        return corpus2csc(bows, num_terms=self.dim, num_docs=len(texts), dtype=np.float32).T.tocsr()
-
-    def state(self) -> dict:
-        d = self._dictionary
-        return {**self.config, "token2id": dict(d.token2id), "dfs": {int(k): int(v) for k, v in d.dfs.items()},
-                "num_docs": int(d.num_docs), "num_pos": int(d.num_pos)}
-
-    @classmethod
-    def from_state(cls, state: dict) -> BagOfWords:
-        from gensim.corpora import Dictionary
-
-        out = cls(state["name"], state["no_below"], state["no_above"], state["keep_n"])
-        d = Dictionary()
-        d.token2id = dict(state["token2id"])
-        d.dfs = {int(k): int(v) for k, v in state["dfs"].items()}
-        d.num_docs, d.num_pos = state["num_docs"], state["num_pos"]
-        out._set(d)
-        return out
+def _from_plain(arrays: dict) -> dict[str, np.ndarray]:
+    return {k: (np.array(v, dtype=str) if isinstance(v, list) else v.numpy()) for k, v in arrays.items()}
 
 
-class PretrainedText:
-    """A fixed (pretrained) text encoder: a sentence encoder by name, or the text regressor checkpoint."""
+class TextInput:
+    """One overview descriptor: ``fit(texts)`` on training overviews, then ``transform(texts) -> (n, dim) float32``."""
 
-    def __init__(self, name: str, path: str | None = None):
-        self.name, self.path = name, path
-        self._encoder = None
+    def __init__(self, kind: str, path: str | None = None, cache: str | None = None):
+        """``path``: word vectors or regressor checkpoint; ``cache``: folder for sentence-encoder caches."""
+        if kind not in TEXT_DESCRIPTORS:
+            raise UserError(f"unknown text descriptor {kind!r}; choose one of {', '.join(TEXT_DESCRIPTORS)}")
+        if kind in ("centroid", "centroid-tfidf", "regressor") and not path:
+            what = "a text regressor checkpoint" if kind == "regressor" else "exported word vectors (.kv)"
+            raise UserError(f"--descriptor {kind} needs --text-encoder PATH ({what})")
+        self.kind, self.path, self.cache = kind, path, cache
+        self._impl = None
         self._dim = 0
 
-    @property
-    def config(self) -> dict:
-        return {"name": self.name, "path": self.path}
+    def _build(self):
+        if self._impl is None:
+            if self.kind in WORD_KINDS:
+                from retrieval.descriptors import make_descriptor
+                from retrieval.text import open_vectors
+
+                vectors = open_vectors(self.path) if self.kind != "tfidf" else None
+                self._impl = make_descriptor(self.kind, vectors, **(TFIDF_OPTIONS if self.kind == "tfidf" else {}))
+            elif self.kind in ENCODER_KINDS:
+                from retrieval.encoders import get_encoder
+
+                self._impl = get_encoder(self.kind)
+            else:
+                from retrieval.query import load_text_encoder
+
+                self._impl = load_text_encoder(self.path)
+        return self._impl
 
     @property
     def dim(self) -> int:
         return self._dim
 
-    def _load(self):
-        if self._encoder is None:
-            if self.name == "regressor":
-                if not self.path:
-                    raise UserError("--descriptor regressor needs --text-encoder CKPT (a trained text regressor)")
-                self._encoder = _import("retrieval.query", "--descriptor regressor").load_text_encoder(self.path)
-            elif self.name == "centroid":
-                module = _import("retrieval.descriptors", "--descriptor centroid")
-                self._encoder = module.make_descriptor("centroid", vectors=self.path)
-            else:
-                self._encoder = _import("retrieval.encoders", f"--descriptor {self.name}").get_encoder(self.name)
-        return self._encoder
+    @property
+    def standardize(self) -> bool:
+        """Whether the model should standardise this input per dimension."""
+        return self.kind not in UNSCALED_KINDS
 
-    def fit(self, texts: list[str]) -> PretrainedText:
-        self._dim = int(self.transform(texts[:1]).shape[1])
+    def fit(self, texts: list[str]) -> TextInput:
+        impl = self._build()
+        if self.kind in WORD_KINDS:
+            impl.fit(list(texts))
+            self._dim = int(impl.dim)
+        else:
+            self._dim = int(impl.dim)
         return self
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        enc = self._load()
-        out = enc.transform(texts) if hasattr(enc, "transform") else enc.encode(texts)
+        """``(n, dim) float32``; an overview with no known word is a zero row (counted in the log), never NaN."""
+        impl = self._build()
+        texts = list(texts)
+        if self.kind in ENCODER_KINDS and self.cache:
+            from retrieval.encoders import cached_encode
+
+            out = cached_encode(impl, texts, Path(self.cache) / f"{self.kind}.h5")
+        elif self.kind in WORD_KINDS:
+            out = impl.transform(texts)
+        else:
+            out = impl.encode(texts)
         out = np.asarray(out, dtype=np.float32)
-        if not np.isfinite(out).all():
-            raise UserError(f"the {self.name} descriptor returned non-finite values for some overviews")
-        self._dim = int(out.shape[1])
+        if out.shape != (len(texts), self._dim or out.shape[1]) or not np.isfinite(out).all():
+            raise UserError(f"the {self.kind} descriptor gave {out.shape} or non-finite values for {len(texts)} overviews")
         return out
+
+    def _identity(self) -> dict:
+        impl = self._build()
+        if self.kind in WORD_KINDS:
+            return dict(impl.config)
+        if self.kind in ENCODER_KINDS:
+            return {"fingerprint": impl.fingerprint}
+        return {k: impl.config.get(k) for k in ("descriptor", "regressor", "feature_dim", "features_fingerprint")}
 
     def state(self) -> dict:
-        return {**self.config, "dim": self._dim}
-
-    @classmethod
-    def from_state(cls, state: dict) -> PretrainedText:
-        out = cls(state["name"], state.get("path"))
-        out._dim = int(state.get("dim", 0))
-        return out
+        arrays = self._impl.state() if self.kind in WORD_KINDS else {}
+        return {"kind": self.kind, "path": self.path, "cache": self.cache, "dim": self._dim,
+                "identity": self._identity(), "arrays": _to_plain(arrays)}
 
 
-def _import(module: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UserError(f"{what} needs {module}, which is not available here ({exc}); use --descriptor tfidf") from None
+def text_input_from_state(state: dict) -> TextInput:
+    """Rebuild a fitted :class:`TextInput`; refuses vectors, encoders or regressors other than the saved ones."""
+    out = TextInput(state["kind"], state.get("path"), state.get("cache"))
+    saved = state["identity"]
+    if out.kind in WORD_KINDS:
+        from retrieval.descriptors import restore_descriptor
+        from retrieval.text import open_vectors
 
-
-def make_text_descriptor(name: str, path: str | None = None) -> BagOfWords | PretrainedText:
-    """A text descriptor by name (one of ``TEXT_DESCRIPTORS``); ``path`` = vectors or regressor checkpoint."""
-    if name in SPARSE_KINDS:
-        return BagOfWords(name)
-    if name in TEXT_DESCRIPTORS:
-        return PretrainedText(name, path)
-    raise UserError(f"unknown text descriptor {name!r}; choose one of {', '.join(TEXT_DESCRIPTORS)}")
-
-
-def descriptor_from_state(state: dict) -> BagOfWords | PretrainedText:
-    """Rebuild a fitted descriptor saved with ``state()``."""
-    if state["name"] in SPARSE_KINDS:
-        return BagOfWords.from_state(state)
-    return PretrainedText.from_state(state)
+        vectors = open_vectors(state["path"]) if out.kind != "tfidf" else None
+        out._impl = restore_descriptor(saved, _from_plain(state["arrays"]), vectors)
+    else:
+        here = out._identity()
+        for key, value in saved.items():
+            if here.get(key) != value:
+                raise UserError(f"the genre model was trained with {out.kind} {key}={value!r} but {here.get(key)!r} is "
+                                f"installed/at {out.path}; retrain or use the matching one")
+    out._dim = int(state["dim"])
+    return out

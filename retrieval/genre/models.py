@@ -21,7 +21,14 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
-    def fit(self, x: torch.Tensor) -> None:
+    def fit(self, x: torch.Tensor, per_dim: bool = True) -> None:
+        """Per-dimension mean/std; or (``per_dim=False``, for sparse l2-normalised inputs such as tf-idf)
+        no centring and one scale, the root mean square of the non-zero entries, so those become ~1."""
+        if not per_dim:
+            nz = x[x != 0]
+            self.mean.zero_()
+            self.std.fill_(float(nz.pow(2).mean().sqrt()) if nz.numel() else 1.0)
+            return
         self.mean.copy_(x.mean(dim=0))
         self.std.copy_(x.std(dim=0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(self.std))
 
@@ -60,11 +67,13 @@ class GenreNet(nn.Module):
     """One of ``MODEL_KINDS`` over poster and/or text inputs; ``forward`` returns ``(B, G)`` logits.
 
     ``late`` also returns per-branch logits in ``branch_logits`` (training adds their losses so each
-    branch is a classifier by itself, then the two are averaged).
+    branch is a classifier by itself, then the two are averaged). ``concat`` rescales each standardised
+    block so both have the same mean squared norm on the training set: otherwise a 2048-d poster block
+    drowns a tf-idf block with a dozen non-zero entries.
     """
 
     def __init__(self, kind: str, n_genres: int, d_poster: int = 0, d_text: int = 0, hidden: int = 256,
-                 dropout: float = 0.3, standardize_text: bool = True):
+                 dropout: float = 0.3):
         super().__init__()
         if kind not in MODEL_KINDS:
             raise ValueError(f"unknown model {kind!r}")
@@ -72,7 +81,7 @@ class GenreNet(nn.Module):
         self.uses_poster = kind != "text"
         self.uses_text = kind != "poster"
         self.norm_p = Standardize(d_poster) if self.uses_poster else None
-        self.norm_t = Standardize(d_text) if self.uses_text and standardize_text else None
+        self.norm_t = Standardize(d_text) if self.uses_text else None
         if kind == "poster":
             self.net = head(d_poster, n_genres, hidden, dropout)
         elif kind == "text":
@@ -84,14 +93,20 @@ class GenreNet(nn.Module):
             self.net_t = head(d_text, n_genres, hidden, dropout)
         else:
             self.net = GMU(d_poster, d_text, n_genres, max(hidden, 16), dropout)
+        self.register_buffer("balance", torch.ones(2))
         self.branch_logits: tuple[torch.Tensor, ...] = ()
 
-    def fit_normalizers(self, poster: torch.Tensor | None, text: torch.Tensor | None) -> None:
-        """Set the standardisation statistics from training inputs."""
+    def fit_normalizers(self, poster: torch.Tensor | None, text: torch.Tensor | None, text_per_dim: bool = True) -> None:
+        """Set the standardisation statistics from training inputs (see :meth:`Standardize.fit`)."""
         if self.norm_p is not None and poster is not None:
             self.norm_p.fit(poster)
         if self.norm_t is not None and text is not None:
-            self.norm_t.fit(text)
+            self.norm_t.fit(text, per_dim=text_per_dim)
+        if self.kind == "concat" and poster is not None and text is not None:
+            target = ((poster.shape[1] + text.shape[1]) / 2) ** 0.5
+            for k, block in enumerate((self.norm_p(poster), self.norm_t(text))):
+                rms = float(block.pow(2).sum(dim=1).mean().sqrt())
+                self.balance[k] = target / rms if rms > 0 else 1.0
 
     def forward(self, poster: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
         if self.uses_poster:
@@ -101,14 +116,14 @@ class GenreNet(nn.Module):
         if self.uses_text:
             if text is None:
                 raise ValueError(f"a {self.kind} model needs text features")
-            text = self.norm_t(text) if self.norm_t is not None else text
+            text = self.norm_t(text)
         self.branch_logits = ()
         if self.kind == "poster":
             return self.net(poster)
         if self.kind == "text":
             return self.net(text)
         if self.kind == "concat":
-            return self.net(torch.cat([poster, text], dim=1))
+            return self.net(torch.cat([poster * self.balance[0], text * self.balance[1]], dim=1))
         if self.kind == "late":
             lp, lt = self.net_p(poster), self.net_t(text)
             self.branch_logits = (lp, lt)

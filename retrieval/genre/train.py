@@ -2,7 +2,7 @@
 
 :func:`prepare` loads labels, joins them to the poster features and fixes the split once;
 :func:`fit` trains one model kind on it (BCE with logits, per-genre positive weights, early stopping on
-validation micro-F1) and tunes per-genre thresholds on validation.
+validation loss) and tunes per-genre thresholds on validation.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from extract.errors import UserError
 from retrieval.genre.data import LabelSet, joined, read_label_set
-from retrieval.genre.inputs import SPARSE_KINDS, make_text_descriptor
+from retrieval.genre.inputs import TextInput
 from retrieval.genre.metrics import apply_thresholds, multilabel_report, tune_thresholds
 from retrieval.genre.models import MODEL_KINDS
 from retrieval.genre.split import (
@@ -37,6 +37,7 @@ class GenreConfig:
     model: str = "concat"
     descriptor: str = "tfidf"
     descriptor_path: str | None = None
+    text_cache: str | None = None
     text_field: str = "overview"
     hidden: int = 256
     dropout: float = 0.3
@@ -138,13 +139,8 @@ def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndar
     return np.where(pos > 0, np.clip(neg / np.maximum(pos, 1), 1.0, cap), 1.0).astype(np.float32)
 
 
-def _dense(x, rows):
-    block = x[rows]
-    return block.toarray() if hasattr(block, "toarray") else block
-
-
 class Batches:
-    """Model inputs for row subsets as torch tensors on ``device`` (sparse text densified per batch)."""
+    """Model inputs for row subsets as torch tensors on ``device``."""
 
     def __init__(self, poster, text, device):
         self.poster, self.text, self.device = poster, text, device
@@ -153,12 +149,12 @@ class Batches:
         import torch
 
         p = torch.from_numpy(np.ascontiguousarray(self.poster[rows])).to(self.device) if self.poster is not None else None
-        t = torch.from_numpy(np.ascontiguousarray(_dense(self.text, rows), dtype=np.float32)).to(self.device) if self.text is not None else None
+        t = torch.from_numpy(np.ascontiguousarray(self.text[rows], dtype=np.float32)).to(self.device) if self.text is not None else None
         return p, t
 
 
-def predict_proba(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """``(len(rows), G) float32`` probabilities from a trained net."""
+def predict_logits(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024):
+    """``(len(rows), G)`` float32 torch logits from a net in eval mode."""
     import torch
 
     net.eval()
@@ -166,8 +162,15 @@ def predict_proba(net, batches: Batches, rows: np.ndarray, batch_size: int = 102
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             p, t = batches(rows[start : start + batch_size])
-            out.append(torch.sigmoid(net(p, t)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, net_out_dim(net)), np.float32)
+            out.append(net(p, t).float())
+    return torch.cat(out) if out else torch.zeros((0, net_out_dim(net)))
+
+
+def predict_proba(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """``(len(rows), G) float32`` probabilities from a trained net."""
+    import torch
+
+    return torch.sigmoid(predict_logits(net, batches, rows, batch_size)).cpu().numpy()
 
 
 def net_out_dim(net) -> int:
@@ -178,7 +181,9 @@ def net_out_dim(net) -> int:
 def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, quiet: bool = True):
     """Train ``cfg.model`` on ``prep``; return a :class:`retrieval.genre.checkpoint.GenreClassifier`.
 
-    ``writer`` is an optional tensorboardX SummaryWriter (train loss, val micro-F1 per epoch).
+    The epoch with the lowest validation loss is kept (training stops after ``cfg.patience`` epochs
+    without improvement). ``writer`` is an optional tensorboardX SummaryWriter (train/val loss, val
+    micro-F1 with thresholds tuned on val, per epoch).
     """
     import torch
     from tqdm import tqdm
@@ -195,16 +200,16 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
         raise UserError(f"--model {cfg.model} needs poster features; pass --features FILE.h5")
     descriptor, text = None, None
     if uses_text:
-        descriptor = make_text_descriptor(cfg.descriptor, cfg.descriptor_path)
+        descriptor = TextInput(cfg.descriptor, cfg.descriptor_path, cfg.text_cache)
         descriptor.fit([labels.texts[i] for i in train])
         text = descriptor.transform(labels.texts)
-    sparse = cfg.descriptor in SPARSE_KINDS
+    scale_text = descriptor is not None and descriptor.standardize
     d_p = prep.poster.shape[1] if prep.poster is not None and cfg.model != "text" else 0
     d_t = text.shape[1] if text is not None else 0
-    net = GenreNet(cfg.model, len(labels.genres), d_p, d_t, cfg.hidden, cfg.dropout, standardize_text=not sparse)
+    net = GenreNet(cfg.model, len(labels.genres), d_p, d_t, cfg.hidden, cfg.dropout)
     batches = Batches(prep.poster if d_p else None, text, device)
     tp, tt = batches(train)
-    net.fit_normalizers(tp, None if sparse else tt)
+    net.fit_normalizers(tp, tt, text_per_dim=scale_text)
     net.to(device)
     Y = torch.from_numpy(labels.Y.astype(np.float32)).to(device)
     pw = torch.from_numpy(pos_weights(labels.Y[train], cfg.pos_weight, cfg.pos_weight_cap)).to(device)
@@ -212,7 +217,7 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     skip = np.array([g in prep.no_train_positive for g in labels.genres])
-    best, best_state, best_epoch, history, stale = -1.0, None, 0, [], 0
+    best, best_state, best_epoch, history, stale = -np.inf, None, 0, [], 0
     t0 = time.perf_counter()
     for epoch in tqdm(range(cfg.epochs), desc=f"genre {cfg.model}", disable=quiet, leave=False):
         net.train()
@@ -230,7 +235,9 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
             total += loss.item() * len(rows)
         record = {"epoch": epoch + 1, "train_loss": total / len(train)}
         if len(val):
-            probs = predict_proba(net, batches, val)
+            logits = predict_logits(net, batches, val)
+            record["val_loss"] = float(loss_fn(logits, Y[val]))
+            probs = torch.sigmoid(logits).cpu().numpy()
             th = tune_thresholds(probs, labels.Y[val], skip=skip)
             record["val_micro_f1"] = multilabel_report(labels.Y[val], apply_thresholds(probs, th), labels.genres)["micro_f1"]
         history.append(record)
@@ -238,7 +245,7 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
             for k, v in record.items():
                 if k != "epoch":
                     writer.add_scalar(f"{cfg.model}/{k}", v, epoch + 1)
-        score = record.get("val_micro_f1", -record["train_loss"])
+        score = -record.get("val_loss", record["train_loss"])
         if score > best:
             best, best_state, best_epoch, stale = score, copy.deepcopy(net.state_dict()), epoch + 1, 0
         else:
@@ -250,7 +257,7 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     if len(val):
         thresholds = tune_thresholds(predict_proba(net, batches, val), labels.Y[val], skip=skip)
     seconds = time.perf_counter() - t0
-    log.info("%s: best epoch %d of %d, val micro-F1 %.3f, %.1fs", cfg.model, best_epoch, len(history), best, seconds)
+    log.info("%s: best epoch %d of %d (validation loss %.4f), %.1fs", cfg.model, best_epoch, len(history), -best, seconds)
     split_ids = {s: [labels.ids[i] for i in prep.rows(s)] for s in ("val", "test")}
     return GenreClassifier(
         net=net.cpu(), cfg=cfg, genres=list(labels.genres), thresholds=thresholds, descriptor=descriptor,
@@ -268,12 +275,13 @@ def train_and_save(
     logdir: str | None = None,
     quiet: bool = True,
     allow_pickle: bool = False,
+    genre_ids: str | None = None,
 ) -> str:
     """Prepare, train, save the checkpoint to ``out``; return a short summary with the validation and test scores."""
     from retrieval.genre.metrics import multilabel_report as report_of
 
     prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                   test_fraction=cfg.test_fraction, allow_pickle=allow_pickle)
+                   test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
     writer = None
     if logdir:
         from tensorboardX import SummaryWriter

