@@ -6,8 +6,10 @@ parsing ``resources/sp.model`` (~1.6 s), and inflating the 30 MB compressed ``re
 constructor) faster, with identical outputs:
 
 - Tokenizer: the C ``sentencepiece`` library reading the same ``sp.model`` (:class:`CheckedTokenizer`), when
-  it is installed and its piece ids equal the pure tokenizer's on :data:`PROBE_TEXTS`. The check runs once per (model file,
-  sentencepiece version) and its verdict is stored in the cache folder; a mismatch keeps the pure tokenizer.
+  it is installed and its piece ids equal the pure tokenizer's on :data:`PROBE_TEXTS`. The check runs once per
+  (model file, sentencepiece version) and its verdict is stored in the cache folder; a mismatch keeps the pure
+  tokenizer. Texts with unknown characters (emoji, control characters) or no pieces at all, where the two
+  libraries differ by design, are still tokenized by the pure tokenizer, loaded only when such a text comes.
 - Weights: the arrays of ``weights.npz`` are written once, uncompressed, to ``<cache>/weights.npz`` (same
   names and values, so the backend reads them without inflating anything).
 
