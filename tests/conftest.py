@@ -21,6 +21,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_cache(tmp_path_factory):
+    """Per-user caches (e.g. the sentence encoders' uncompressed weights) go to one folder shared by the session.
+
+    Session-scoped, so that it is in place before module-scoped fixtures load models.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BUSCADOR_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path_factory, monkeypatch):
     """Every test sees an empty default workspace, never the one `make demo` filled."""
