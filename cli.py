@@ -301,14 +301,17 @@ def evaluate_cmd(ckpt, features, captions, vectors, splits, as_json) -> None:
 @click.option("--loss", "losses", multiple=True, type=click.Choice(["mse", "cosine", "vse"]), help="Only these losses.")
 @click.option("--test-split", help="Split to report [test].")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Keep the checkpoints here.")
+@click.option("--also-features", "also_features", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="More feature files of the same images from other backbones (repeatable): one row set each.")
 @click.option("--json", "as_json", is_flag=True)
-def benchmark_retrieval(epochs, gru_epochs, gru_hidden, descriptors, losses, test_split, out_dir, as_json, **kw) -> None:
-    """Train and evaluate every descriptor x regressor x loss; print R@1/5/10, MRR, times."""
+def benchmark_retrieval(epochs, gru_epochs, gru_hidden, descriptors, losses, test_split, out_dir, also_features, as_json,
+                        **kw) -> None:
+    """Train and evaluate every backbone x descriptor x regressor x loss; print R@1/5/10, MRR, times."""
     import json
 
     from retrieval.benchmark import LOSSES, format_rows, run_benchmark
 
-    res = run_benchmark(kw["features"], kw["captions"] or [str(workspace_path("demo"))], kw["vectors"], epochs=epochs,
+    res = run_benchmark([kw["features"], *also_features], kw["captions"] or [str(workspace_path("demo"))], kw["vectors"], epochs=epochs,
                         gru_epochs=gru_epochs, hidden=kw["hidden"], gru_hidden=gru_hidden, test_split=test_split, descriptors=descriptors or None,
                         losses=losses or LOSSES, base=_base_config(kw), out_dir=out_dir, threads=kw["threads"])
     if as_json:

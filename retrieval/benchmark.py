@@ -1,4 +1,7 @@
-"""Retrieval benchmark: every descriptor x regressor x loss on one corpus, trained and evaluated in one run.
+"""Retrieval benchmark: every backbone x descriptor x regressor x loss on one corpus, trained and evaluated in one run.
+
+Backbones are feature files of the same images made with different image models (one ``features`` path
+or several); the backbone of each row is read from its file's config.
 
 For each combination the encoder is trained on ``train`` (best epoch by validation MRR) and evaluated on
 the test split through the query path (:mod:`retrieval.evaluate`, numpy only), reporting R@1/5/10, MRR,
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import UserError
+from extract.store import open_features
 from retrieval.config import TrainConfig
 from retrieval.datasets import find_splits, read_captions
 from retrieval.descriptors import ENCODER_KINDS, make_descriptor
@@ -69,8 +73,16 @@ def encoding_speed(vectors: str | os.PathLike, texts: Sequence[str], min_caption
             "speedup": ours_rate / base_rate}
 
 
+def backbone_name(features: str | os.PathLike) -> str:
+    """``model/weights`` recorded in a feature file's config (the file name for imported features)."""
+    cfg = open_features(features).config
+    if "model" not in cfg:
+        return Path(features).stem
+    return f"{cfg['model']}/{cfg.get('weights', '?')}"
+
+
 def run_benchmark(
-    features: str | os.PathLike,
+    features: str | os.PathLike | Sequence[str | os.PathLike],
     captions: Sequence[str | os.PathLike],
     vectors: str | os.PathLike | None,
     epochs: int = 15,
@@ -84,8 +96,11 @@ def run_benchmark(
     out_dir: str | os.PathLike | None = None,
     threads: int | None = None,
 ) -> dict:
-    """Train and evaluate every combination; returns ``{"rows": [...], "encoding": {...}, "test_split": ...}``."""
+    """Train and evaluate every combination on each feature file; returns ``{"rows": [...], "encoding": {...}, ...}``."""
     from retrieval.train import train
+
+    feature_files = [features] if isinstance(features, str | os.PathLike) else list(features)
+    backbones = [backbone_name(f) for f in feature_files]
 
     splits = find_splits(captions)
     test = test_split or ("test" if "test" in splits else next((s for s in sorted(splits) if s not in ("train", "val")), None))
@@ -102,36 +117,38 @@ def run_benchmark(
     tmp.mkdir(parents=True, exist_ok=True)
     test_texts = read_captions(splits[test], test).texts
     rows = []
-    for desc, reg in combos:
-        for loss in losses:
-            cfg = base.with_(descriptor=desc, regressor=reg, loss=loss, epochs=gru_epochs if reg == "gru" else epochs,
-                             hidden=hidden if reg == "mlp" else gru_hidden)
-            ckpt = tmp / f"{desc}-{reg}-{loss}.npz"
-            result = train(cfg, features, captions, ckpt, vectors=vectors, quiet=True, threads=threads)
-            metrics = evaluate(ckpt, features, captions, splits=[test])[test]
-            encoder = load_text_encoder(ckpt)
-            t = time.perf_counter()
-            encoder.encode(test_texts)
-            enc_s = time.perf_counter() - t
-            row = {"descriptor": desc, "regressor": reg, "loss": loss, "best_epoch": result.best_epoch,
-                   **{k: metrics.get(k) for k in ("recall@1", "recall@5", "recall@10", "mrr", "median_rank", "n")},
-                   "train_s": result.seconds, "encode_captions_per_s": len(test_texts) / max(enc_s, 1e-9)}
-            log.info("%s", row)
-            rows.append(row)
+    for b, (feats, backbone) in enumerate(zip(feature_files, backbones)):
+        for desc, reg in combos:
+            for loss in losses:
+                cfg = base.with_(descriptor=desc, regressor=reg, loss=loss, epochs=gru_epochs if reg == "gru" else epochs,
+                                 hidden=hidden if reg == "mlp" else gru_hidden)
+                ckpt = tmp / f"b{b}-{desc}-{reg}-{loss}.npz"
+                result = train(cfg, feats, captions, ckpt, vectors=vectors, quiet=True, threads=threads)
+                metrics = evaluate(ckpt, feats, captions, splits=[test])[test]
+                encoder = load_text_encoder(ckpt)
+                t = time.perf_counter()
+                encoder.encode(test_texts)
+                enc_s = time.perf_counter() - t
+                row = {"backbone": backbone, "descriptor": desc, "regressor": reg, "loss": loss,
+                       "best_epoch": result.best_epoch,
+                       **{k: metrics.get(k) for k in ("recall@1", "recall@5", "recall@10", "mrr", "median_rank", "n")},
+                       "train_s": result.seconds, "encode_captions_per_s": len(test_texts) / max(enc_s, 1e-9)}
+                log.info("%s", row)
+                rows.append(row)
     encoding = encoding_speed(vectors, test_texts) if vectors is not None else {}
     return {"test_split": test, "rows": rows, "encoding": encoding, "checkpoints": str(tmp)}
 
 
 def format_rows(rows: list[dict]) -> str:
     """The benchmark table as text (one row per combination, best MRR first)."""
-    cols = [("descriptor", "descriptor"), ("regressor", "regressor"), ("loss", "loss"), ("recall@1", "R@1"),
+    cols = [("backbone", "backbone"), ("descriptor", "descriptor"), ("regressor", "regressor"), ("loss", "loss"), ("recall@1", "R@1"),
             ("recall@5", "R@5"), ("recall@10", "R@10"), ("mrr", "MRR"), ("median_rank", "med.rank"),
             ("best_epoch", "epoch"), ("train_s", "train s"), ("encode_captions_per_s", "enc capt/s")]
     table = [[h for _, h in cols]]
     for r in sorted(rows, key=lambda r: -(r["mrr"] or 0)):
         table.append([_cell(r[k]) for k, _ in cols])
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      for row in table)
 
 

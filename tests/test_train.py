@@ -177,11 +177,16 @@ def test_benchmark_cli_trains_every_requested_combination(corpus, tmp_path):
             "--vectors", str(corpus["vectors"]), "--epochs", "2", "--gru-epochs", "1", "--hidden", "32", "--gru-hidden", "16",
             "--descriptor", "centroid", "--descriptor", "sequence", "--loss", "mse", "--loss", "vse",
             "--test-split", "val", "--threads", "1", "--json"]
-    r = CliRunner().invoke(cli, args)
+    # a second backbone: the same images through another (here: permuted and scaled) feature extractor
+    ff = open_features(corpus["features"])
+    xb = ff.load()
+    other = write_features(tmp_path / "other.h5", ff.ids, 2.0 * xb[:, ::-1], {"model": "other-net", "weights": "none"})
+    r = CliRunner().invoke(cli, args[:-1] + ["--also-features", str(other), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
-    combos = {(row["descriptor"], row["regressor"], row["loss"]) for row in res["rows"]}
-    assert combos == {("centroid", "mlp", "mse"), ("centroid", "mlp", "vse"), ("sequence", "gru", "mse"), ("sequence", "gru", "vse")}
+    combos = {(row["backbone"], row["descriptor"], row["regressor"], row["loss"]) for row in res["rows"]}
+    assert combos == {(b, d, reg, loss) for b in ("synthetic/?", "other-net/none")
+                      for d, reg in (("centroid", "mlp"), ("sequence", "gru")) for loss in ("mse", "vse")}
     for row in res["rows"]:
         assert 0 < row["mrr"] <= 1 and row["n"] == 60 and row["train_s"] > 0
     assert res["encoding"]["captions"] >= 20000 and res["encoding"]["speedup"] > 0
