@@ -46,6 +46,7 @@ $(WS)/genre-late.pt: $(WS)/posters.h5
 		--model late --quiet --out $@
 
 demo: $(WS)/text-encoder.npz $(WS)/index/index.faiss $(WS)/genre-late.pt
+	@echo "demo combination: $(BACKBONE) (ImageNet) image features, $(DESCRIPTOR) captions, MLP regressor, VSE++ loss (best on the demo test split in cli.py benchmark retrieval)"
 	$(CLI) search "una persona en bicicleta" --truth $(WS)/demo/scenes.jsonl \
 		--contact-sheet $(WS)/contact-sheet.png --contact-sheet $(WS)/contact-sheet.html
 	$(CLI) genres predict $(WS)/genre-late.pt --poster $(WS)/demo/movies/posters/m00001.jpg \
