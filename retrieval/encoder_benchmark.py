@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from extract.errors import UserError
-from retrieval.encoders import ENCODER_NAMES, cached_encode, get_encoder
+from retrieval.encoder_cache import cached_encode
+from retrieval.encoders import ENCODER_NAMES, get_encoder
 
 log = logging.getLogger(__name__)
 

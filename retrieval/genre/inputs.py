@@ -92,7 +92,7 @@ class TextInput:
         impl = self._build()
         texts = list(texts)
         if self.kind in ENCODER_KINDS and self.cache:
-            from retrieval.encoders import cached_encode
+            from retrieval.encoder_cache import cached_encode
 
             out = cached_encode(impl, texts, Path(self.cache) / f"{self.kind}.h5")
         elif self.kind in WORD_KINDS:
