@@ -133,19 +133,23 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--image-size", type=click.IntRange(min=16))
-@click.option("--images", default=32, show_default=True, type=click.IntRange(min=1), help="Images to draw and extract.")
+@click.option("--images", default=96, show_default=True, type=click.IntRange(min=1),
+              help="Images to draw and extract per round (enough to amortise worker start-up).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Alternating timing rounds.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for the forward [torch default].")
+@click.option("--allocator-baseline/--no-allocator-baseline", default=True, show_default=True,
+              help="On CPU, also time the bare forward in a fresh process with glibc's default allocator.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, device: str,
                           image_size: int | None, images: int, rounds: int, threads: int | None,
-                          as_json: bool) -> None:
+                          allocator_baseline: bool, as_json: bool) -> None:
     """Images/s of the full extraction pipeline vs the bare model forward (same run, model, batch, device)."""
     import json
 
     from extract.bench import benchmark_extract, format_table
 
-    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads)
+    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads,
+                               allocator_baseline)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
 
 

@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from extract.cpu_memory import keep_freed_memory
 from extract.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ def load_backbone(model: str = "resnet152", weights: str = "imagenet", device: s
         raise UserError(f"--image-size {size} is too small; use at least 16 pixels")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    else:
+        keep_freed_memory()  # reuse activation buffers across batches instead of re-faulting them
     module.eval().to(dev).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         probe = torch.zeros(1, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)

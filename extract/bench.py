@@ -4,11 +4,18 @@ The pipeline is the real ``extract_features`` on JPEG files drawn into a tempora
 resize in workers, forward, HDF5 commits and final merge); the baseline is the same backbone's forward
 on ready, normalised tensors of the same batch size on the same device. Both are timed in alternating
 rounds and each pipeline round is compared with the forward runs around it (shared, noisy machines).
+
+On CPU the backbone keeps freed activation memory for reuse (:mod:`extract.cpu_memory`); with
+``allocator_baseline`` the bare forward is also timed in a fresh process with glibc's default allocator
+behaviour, before and after the rounds, to show what that setting is worth.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +25,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from extract.backbone import Backbone, load_backbone
+from extract.cpu_memory import ENV as MALLOC_ENV
+from extract.cpu_memory import keep_freed_memory
 from extract.errors import UserError
 from extract.features import calibrate, extract_features
 
@@ -43,21 +52,59 @@ def draw_images(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: 
     return paths
 
 
-def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> float:
+def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> tuple[float, float]:
+    """Images/s of ``batches`` bare forwards, and the kernel's share of this process's CPU time meanwhile."""
     bb.forward(ready)  # warm-up (kernel selection, caches)
     if bb.device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(batches):
         bb.forward(ready)
     if bb.device.type == "cuda":
         torch.cuda.synchronize()
-    return batches * ready.shape[0] / (time.perf_counter() - t0)
+    seconds, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+    return batches * ready.shape[0] / seconds, system / max(user + system, 1e-9)
+
+
+def _ready_batch(bb: Backbone, batch_size: int) -> torch.Tensor:
+    return bb.normalize(torch.from_numpy(
+        np.random.default_rng(1).integers(0, 256, (batch_size, 3, bb.image_size, bb.image_size), dtype=np.uint8)))
+
+
+def _default_allocator_forward(spec: dict, queue) -> None:
+    """Child process: the bare forward with glibc's default allocator; puts (images/s, kernel share) on ``queue``."""
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    bb = load_backbone(spec["model"], spec["weights"], spec["device"], spec["image_size"])
+    if bb.needs_calibration:
+        calibrate(bb, Path(spec["root"]), spec["calibration_ids"])
+    queue.put(_forward_rate(bb, _ready_batch(bb, spec["batch_size"]), spec["batches"]))
+
+
+def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
+    """Bare forward (images/s, kernel share) in a fresh process with ``BUSCADOR_MALLOC_TUNING=0``."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    saved = os.environ.get(MALLOC_ENV)
+    os.environ[MALLOC_ENV] = "0"  # the spawned interpreter reads it at start
+    try:
+        proc = ctx.Process(target=_default_allocator_forward, args=(spec, queue))
+        proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop(MALLOC_ENV, None)
+        else:
+            os.environ[MALLOC_ENV] = saved
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"default-allocator forward process failed (exit code {proc.exitcode})")
+    return queue.get(timeout=30)
 
 
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
                       device: str = "auto", image_size: int | None = None, images: int = 32,
-                      rounds: int = 3, threads: int | None = None) -> dict:
+                      rounds: int = 3, threads: int | None = None, allocator_baseline: bool = False) -> dict:
     """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
 
     The bare forward on ``images`` ready tensors is timed before the first round and after every
@@ -81,14 +128,21 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
             bb = load_backbone(model, "none", device, image_size)
     else:
         bb = load_backbone(model, weights, device, image_size)
-    forward, pipeline = [], []
+    forward, pipeline, kernel, untuned = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = draw_images(folder, images)
+        calibration_ids = [p.name for p in paths[: min(32, images)]]
         if bb.needs_calibration:
-            calibrate(bb, folder, [p.name for p in paths[: min(32, images)]])
-        ready = bb.normalize(torch.from_numpy(
-            np.random.default_rng(1).integers(0, 256, (batch_size, 3, bb.image_size, bb.image_size), dtype=np.uint8)))
+            calibrate(bb, folder, calibration_ids)
+        ready = _ready_batch(bb, batch_size)
+        child = {"model": model, "weights": bb.config["weights"] if bb.config["weights"] != "file" else weights,
+                 "device": str(bb.device), "image_size": bb.image_size, "batch_size": batch_size,
+                 "batches": images // batch_size, "threads": torch.get_num_threads(), "root": str(folder),
+                 "calibration_ids": calibration_ids}
+        use_baseline = allocator_baseline and bb.device.type == "cpu"
+        if use_baseline:
+            untuned.append(_forward_rate_default_allocator(child))
         forward.append(_forward_rate(bb, ready, images // batch_size))
         for r in range(rounds):
             summary = extract_features(folder, Path(tmp) / f"out{r}.h5", backbone=bb, batch_size=batch_size,
@@ -97,6 +151,10 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
                 raise RuntimeError(f"benchmark pipeline wrote {summary.written} of {images} images")
             pipeline.append(summary.written / summary.seconds)
             forward.append(_forward_rate(bb, ready, images // batch_size))
+        if use_baseline:
+            untuned.append(_forward_rate_default_allocator(child))
+    forward, kernel = [rate for rate, _ in forward], [share for _, share in forward]
+    untuned_rate, untuned_kernel = [rate for rate, _ in untuned], [share for _, share in untuned]
     # each pipeline round against the mean of the forward runs just before and after it (cancels drift)
     ratios = [p / ((forward[r] + forward[r + 1]) / 2) for r, p in enumerate(pipeline)]
     return {
@@ -117,6 +175,11 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "ratio_rounds": [round(v, 3) for v in ratios],
         "pipeline_rounds_images_per_s": [round(v, 3) for v in pipeline],
         "forward_rounds_images_per_s": [round(v, 3) for v in forward],
+        "allocator_tuned": bb.device.type == "cpu" and keep_freed_memory(),
+        "forward_kernel_share": round(float(np.median(kernel)), 4),
+        "forward_default_allocator_images_per_s": [round(v, 3) for v in untuned_rate],
+        "forward_default_allocator_kernel_share": [round(v, 4) for v in untuned_kernel],
+        "allocator_gain": round(float(np.median(forward) / np.mean(untuned_rate)), 3) if untuned else None,
         "note": note,
     }
 
@@ -133,6 +196,13 @@ def format_table(result: dict) -> str:
                                    f"(rounds {result['pipeline_rounds_images_per_s']}; decode+resize+forward+write)")),
         ("ratio pipeline/forward", f"{result['ratio']:.3f} (median of rounds {result['ratio_rounds']})"),
     ]
+    if result["forward_default_allocator_images_per_s"]:
+        rows.append(("bare forward, default allocator", (
+            f"{result['forward_default_allocator_images_per_s']} images/s (fresh process before/after the rounds); "
+            f"kept-memory gain {result['allocator_gain']:.3f}x")))
+        shares = ", ".join(f"{v:.1%}" for v in result["forward_default_allocator_kernel_share"])
+        kept = f"{result['forward_kernel_share']:.1%}"
+        rows.append(("kernel share of forward CPU time", f"{kept} kept memory, {shares} default allocator"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     if result["note"]:

@@ -21,3 +21,15 @@ def test_benchmark_extract_json_is_consistent():
     expected = [pipe[k] / ((fwd[k] + fwd[k + 1]) / 2) for k in range(2)]
     assert all(abs(a - b) < 0.01 for a, b in zip(r["ratio_rounds"], expected, strict=True))
     assert abs(r["ratio"] - sum(expected) / 2) < 0.01  # median of two rounds = their mean
+    untuned = r["forward_default_allocator_images_per_s"]
+    assert r["allocator_tuned"] is True and len(untuned) == 2 and all(v > 0 for v in untuned)
+    assert abs(r["allocator_gain"] - sorted(fwd)[1] / (sum(untuned) / 2)) < 0.01
+
+
+def test_benchmark_extract_without_allocator_baseline():
+    result = CliRunner().invoke(cli, ["benchmark", "extract", "--model", "resnet18", "--weights", "none",
+                                      "--image-size", "32", "--batch-size", "4", "--images", "4", "--rounds", "1",
+                                      "--workers", "0", "--threads", "1", "--no-allocator-baseline", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["forward_default_allocator_images_per_s"] == [] and r["allocator_gain"] is None
