@@ -103,7 +103,7 @@ def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
 
 
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
-                      device: str = "auto", image_size: int | None = None, images: int = 32,
+                      device: str = "auto", image_size: int | None = None, images: int = 96,
                       rounds: int = 3, threads: int | None = None, allocator_baseline: bool = False) -> dict:
     """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
 
@@ -128,7 +128,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
             bb = load_backbone(model, "none", device, image_size)
     else:
         bb = load_backbone(model, weights, device, image_size)
-    forward, pipeline, kernel, untuned = [], [], [], []
+    forward, pipeline, untuned = [], [], []
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = draw_images(folder, images)
