@@ -2,8 +2,9 @@
 
 The pipeline is the real ``extract_features`` on JPEG files drawn into a temporary folder (decode +
 resize in workers, forward, HDF5 commits and final merge); the baseline is the same backbone's forward
-on ready, normalised tensors of the same batch size on the same device. Both are timed in alternating
-rounds and each pipeline round is compared with the forward runs around it (shared, noisy machines).
+on ready, normalised tensors (the first batch of the same images, decoded once) of the same batch size
+on the same device. Both are timed in alternating rounds and each pipeline round is compared with the
+forward runs around it (shared, noisy machines).
 
 On CPU the backbone keeps freed activation memory for reuse (:mod:`extract.cpu_memory`); with
 ``allocator_baseline`` the bare forward is also timed in a fresh process with glibc's default allocator
@@ -29,6 +30,7 @@ from extract.cpu_memory import ENV as MALLOC_ENV
 from extract.cpu_memory import keep_freed_memory
 from extract.errors import UserError
 from extract.features import calibrate, extract_features
+from extract.images import prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,10 @@ def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> tuple[floa
     return batches * ready.shape[0] / seconds, system / max(user + system, 1e-9)
 
 
-def _ready_batch(bb: Backbone, batch_size: int) -> torch.Tensor:
-    return bb.normalize(torch.from_numpy(
-        np.random.default_rng(1).integers(0, 256, (batch_size, 3, bb.image_size, bb.image_size), dtype=np.uint8)))
+def _ready_batch(bb: Backbone, paths: list[Path]) -> torch.Tensor:
+    """The first images of the benchmark, decoded and normalised once: the bare forward's input."""
+    arrays = [prepare_image(p, bb.image_size)[0] for p in paths]
+    return bb.normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
 
 def _default_allocator_forward(spec: dict, queue) -> None:
@@ -79,7 +82,8 @@ def _default_allocator_forward(spec: dict, queue) -> None:
     bb = load_backbone(spec["model"], spec["weights"], spec["device"], spec["image_size"])
     if bb.needs_calibration:
         calibrate(bb, Path(spec["root"]), spec["calibration_ids"])
-    queue.put(_forward_rate(bb, _ready_batch(bb, spec["batch_size"]), spec["batches"]))
+    paths = [Path(spec["root"]) / name for name in spec["ready_ids"]]
+    queue.put(_forward_rate(bb, _ready_batch(bb, paths), spec["batches"]))
 
 
 def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
@@ -135,11 +139,11 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         calibration_ids = [p.name for p in paths[: min(32, images)]]
         if bb.needs_calibration:
             calibrate(bb, folder, calibration_ids)
-        ready = _ready_batch(bb, batch_size)
+        ready = _ready_batch(bb, paths[:batch_size])
         child = {"model": model, "weights": bb.config["weights"] if bb.config["weights"] != "file" else weights,
                  "device": str(bb.device), "image_size": bb.image_size, "batch_size": batch_size,
                  "batches": images // batch_size, "threads": torch.get_num_threads(), "root": str(folder),
-                 "calibration_ids": calibration_ids}
+                 "calibration_ids": calibration_ids, "ready_ids": [p.name for p in paths[:batch_size]]}
         use_baseline = allocator_baseline and bb.device.type == "cpu"
         if use_baseline:
             untuned.append(_forward_rate_default_allocator(child))
