@@ -23,6 +23,7 @@ def test_benchmark_extract_json_is_consistent():
     assert abs(r["ratio"] - sum(expected) / 2) < 0.01  # median of two rounds = their mean
     untuned = r["forward_default_allocator_images_per_s"]
     assert r["allocator_tuned"] is True and len(untuned) == 2 and all(v > 0 for v in untuned)
+    assert 0 <= r["forward_kernel_share"] <= 1 and len(r["forward_default_allocator_kernel_share"]) == 2
     assert abs(r["allocator_gain"] - sorted(fwd)[1] / (sum(untuned) / 2)) < 0.01
 
 
