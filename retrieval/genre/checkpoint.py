@@ -19,7 +19,6 @@ from retrieval.genre.metrics import apply_thresholds, multilabel_report, top_k
 log = logging.getLogger(__name__)
 
 FORMAT = "buscador-genre/1"
-_MATCH_KEYS = ("model", "backbone", "weights", "image_size")
 
 
 @dataclass
@@ -71,12 +70,15 @@ class GenreClassifier:
 
     def check_features(self, info: dict) -> None:
         """Refuse poster features from another backbone or of another dimension, naming both."""
+        # the config keys a resumed extraction must agree on
+        from extract.features import MATCH_KEYS
+
         if not self.uses_poster or self.features is None:
             return
         mine = self.features
         if info["dim"] != mine["dim"]:
             raise UserError(f"{info['path']} holds {info['dim']}-d features but the model was trained on {mine['dim']}-d ones from {mine['path']}")
-        for key in _MATCH_KEYS:
+        for key in MATCH_KEYS:
             a, b = mine["config"].get(key), info["config"].get(key)
             if a is not None and b is not None and a != b:
                 raise UserError(f"{info['path']} was made with {key}={b!r} but the model was trained on {key}={a!r}; use matching features")

@@ -208,9 +208,9 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     d_t = text.shape[1] if text is not None else 0
     net = GenreNet(cfg.model, len(labels.genres), d_p, d_t, cfg.hidden, cfg.dropout)
     batches = Batches(prep.poster if d_p else None, text, device)
+    net.to(device)  # before fitting the normalisers: their statistics come from inputs already on the device
     tp, tt = batches(train)
     net.fit_normalizers(tp, tt, text_per_dim=scale_text)
-    net.to(device)
     Y = torch.from_numpy(labels.Y.astype(np.float32)).to(device)
     pw = torch.from_numpy(pos_weights(labels.Y[train], cfg.pos_weight, cfg.pos_weight_cap)).to(device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pw)
@@ -252,6 +252,8 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
             stale += 1
             if cfg.patience and stale >= cfg.patience:
                 break
+    if best_state is None:
+        raise UserError(f"genre training of {cfg.model} never produced a finite loss (diverged); lower --lr")
     net.load_state_dict(best_state)
     thresholds = np.full(len(labels.genres), 0.5, np.float32)
     if len(val):
@@ -278,8 +280,6 @@ def train_and_save(
     genre_ids: str | None = None,
 ) -> str:
     """Prepare, train, save the checkpoint to ``out``; return a short summary with the validation and test scores."""
-    from retrieval.genre.metrics import multilabel_report as report_of
-
     prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
                    test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
     writer = None
@@ -299,7 +299,7 @@ def train_and_save(
         if len(rows):
             poster = prep.poster[rows] if prep.poster is not None else None
             probs = clf.predict_proba(poster, [prep.labels.texts[i] for i in rows])
-            r = report_of(prep.labels.Y[rows], clf.decide(probs), clf.genres, exclude=clf.no_train_positive)
+            r = multilabel_report(prep.labels.Y[rows], clf.decide(probs), clf.genres, exclude=clf.no_train_positive)
             lines.append(f"{split}: n={r['n']} micro-F1 {r['micro_f1']:.3f} macro-F1 {r['macro_f1']:.3f} "
                          f"samples-F1 {r['samples_f1']:.3f} subset-acc {r['subset_accuracy']:.3f}")
     return "\n".join(lines)
