@@ -274,7 +274,7 @@ class ResumableWriter:
         keep = [r for r, i in enumerate(ids) if i not in self._done]
         ids = [ids[r] for r in keep]
         xb = np.asarray(xb, dtype=np.float32)[keep] if len(keep) else np.zeros((0, self.dim), np.float32)
-        failed = [(i, why) for i, why in failed if i not in self.done]
+        failed = [(i, why) for i, why in failed if i not in self._done and i not in self._failed_done]
         if not ids and not failed:
             return
         part = self.parts_dir / f"part-{self._next_part:06d}.h5"
