@@ -29,7 +29,7 @@ from extract.backbone import Backbone, load_backbone
 from extract.cpu_memory import ENV as MALLOC_ENV
 from extract.cpu_memory import keep_freed_memory
 from extract.errors import UserError
-from extract.features import calibrate, extract_features
+from extract.features import backbone_from_config, calibrate, extract_features
 from extract.images import prepare_image
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,9 @@ def _ready_batch(bb: Backbone, paths: list[Path]) -> torch.Tensor:
 
 def _default_allocator_forward(spec: dict, queue) -> None:
     """Child process: the bare forward with glibc's default allocator; puts (images/s, kernel share) on ``queue``."""
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    bb = load_backbone(spec["model"], spec["weights"], spec["device"], spec["image_size"])
-    if bb.needs_calibration:
-        calibrate(bb, Path(spec["root"]), spec["calibration_ids"])
-    paths = [Path(spec["root"]) / name for name in spec["ready_ids"]]
-    queue.put(_forward_rate(bb, _ready_batch(bb, paths), spec["batches"]))
+    torch.set_num_threads(spec["threads"])
+    bb = backbone_from_config(spec["config"], spec["device"])  # the parent's backbone, calibration included
+    queue.put(_forward_rate(bb, _ready_batch(bb, [Path(p) for p in spec["ready"]]), spec["batches"]))
 
 
 def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
@@ -136,14 +132,11 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = draw_images(folder, images)
-        calibration_ids = [p.name for p in paths[: min(32, images)]]
         if bb.needs_calibration:
-            calibrate(bb, folder, calibration_ids)
+            calibrate(bb, folder, [p.name for p in paths[: min(32, images)]])
         ready = _ready_batch(bb, paths[:batch_size])
-        child = {"model": model, "weights": bb.config["weights"] if bb.config["weights"] != "file" else weights,
-                 "device": str(bb.device), "image_size": bb.image_size, "batch_size": batch_size,
-                 "batches": images // batch_size, "threads": torch.get_num_threads(), "root": str(folder),
-                 "calibration_ids": calibration_ids, "ready_ids": [p.name for p in paths[:batch_size]]}
+        child = {"config": bb.config, "device": str(bb.device), "threads": torch.get_num_threads(),
+                 "batches": images // batch_size, "ready": [str(p) for p in paths[:batch_size]]}
         use_baseline = allocator_baseline and bb.device.type == "cpu"
         if use_baseline:
             untuned.append(_forward_rate_default_allocator(child))

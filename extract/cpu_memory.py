@@ -13,6 +13,7 @@ Only glibc has ``mallopt``; elsewhere nothing changes. ``BUSCADOR_MALLOC_TUNING=
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 
@@ -22,13 +23,11 @@ ENV = "BUSCADOR_MALLOC_TUNING"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 THRESHOLD = 1 << 30  # allocations up to 1 GiB come from the heap; up to 1 GiB of free heap top is kept
-_state: dict[str, bool] = {}
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap/trim thresholds once per process; True when they are (or already were) raised."""
-    if "tuned" in _state:
-        return _state["tuned"]
     tuned = False
     if os.environ.get(ENV, "1") == "0":
         log.info("allocator tuning off (%s=0)", ENV)
@@ -41,5 +40,4 @@ def keep_freed_memory() -> bool:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
             tuned = bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
             log.info("allocator: freed memory up to %d MiB kept for reuse: %s", THRESHOLD >> 20, tuned)
-    _state["tuned"] = tuned
     return tuned
