@@ -28,7 +28,7 @@ from indexes.build import (
     set_search_params,
     tunable_parameter,
 )
-from indexes.search import search
+from indexes.search import search, single_threaded_for
 from indexes.synthetic import SyntheticFeatures
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,8 @@ def exact_knn(src, xq: np.ndarray, k: int = 10, metric: str = "cosine") -> tuple
 def _paired_latencies(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Single-query seconds of raw ``index.search`` and of :func:`search`, interleaved query by query
     (alternating which goes first), single-threaded as a one-query CLI search runs."""
-    import faiss
-
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
     raw, ours = np.empty(len(xq)), np.empty(len(xq))
-    try:
+    with single_threaded_for(1):
         for i in range(len(xq)):
             q = xq[i : i + 1]
             for which in ((0, 1) if i % 2 else (1, 0)):
@@ -83,8 +79,6 @@ def _paired_latencies(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
                 else:
                     search(index, q, k)
                 (raw if which == 0 else ours)[i] = time.perf_counter() - t0
-    finally:
-        faiss.omp_set_num_threads(threads)
     return raw, ours
 
 
@@ -131,9 +125,8 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
         set_search_params(built.index, {knob[0]: int(best["param"].split("=")[1])})
         best = {"param": best["param"], **_operating_point(built.index, xq, gt, k, n_single)}
     row.update(best)
-    log.info("result: %s", json.dumps({k: v for k, v in row.items() if k != "sweep"}))
+    log.info("result: %s", json.dumps(row))
     row["sweep"] = sweep
-    del built
     return row
 
 

@@ -205,7 +205,7 @@ def build_index(
                             "use fewer lists/centroids or a Flat index") from None
         del xt
 
-    calib = _Calibration(ff, config) if _tunable(index) else None
+    calib = _Calibration(ff, config) if tunable_parameter(index) is not None else None
     with _progress(n, f"adding to {factory}", quiet) as bar:
         for start, xb in ff.iter_blocks(config.block_rows):
             if config.normalize:
@@ -244,15 +244,6 @@ def build_index(
     }
     log.info("built %s: %d vectors in %.1f s", factory, index.ntotal, build_seconds)
     return BuiltIndex(index, meta)
-
-
-def _tunable(index) -> bool:
-    import faiss
-
-    inner = faiss.downcast_index(index)
-    return isinstance(inner, (faiss.IndexIVF, faiss.IndexHNSW)) or (
-        isinstance(inner, faiss.IndexPreTransform) and _tunable(inner.index)
-    )
 
 
 def tunable_parameter(index) -> tuple[str, list[int]] | None:

@@ -95,7 +95,7 @@ def load_index(index_dir: str | os.PathLike, mmap: bool = True) -> LoadedIndex:
     index = None
     if mmap:
         try:
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:
             log.debug("faiss cannot memory-map %s; reading it whole", path)
     if index is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,10 +151,6 @@ def read_queries_file(path: str | os.PathLike) -> list[str]:
     return queries
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
 def encode_texts(encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     """Encode queries with a text encoder (``.encode``, ``.unknown_words``): ``(m, D) float32`` and kept positions.
 
@@ -163,13 +158,15 @@ def encode_texts(encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     warning (a batch); the message names the unknown words. Partly unknown queries are encoded with a
     warning.
     """
+    from retrieval.text import tokenize
+
     keep, problems = [], []
     for pos, text in enumerate(texts):
         if not text.strip():
             problems.append("empty query; type some words to search for")
             continue
         unknown = list(encoder.unknown_words(text))
-        if unknown and len(set(unknown)) >= len(set(_words(text))):
+        if unknown and len(set(unknown)) >= len(set(tokenize(text))):  # the descriptors' own tokens
             problems.append(f"no known words in {text!r} (unknown: {', '.join(unknown)}); rephrase with other words")
             continue
         if unknown:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from extract.store import write_features
+from retrieval.text import tokenize
 
 CONCEPTS = ("bicicleta", "perro", "barco")
 COLOURS = ((200, 30, 30), (30, 160, 30), (30, 30, 200))
@@ -51,16 +51,13 @@ class FakeTextEncoder:
         self.vocab = {w: concept_vector(c) for c, w in enumerate(CONCEPTS)}
         self.vocab.update({w: np.full(DIM, 0.01, np.float32) for w in ("una", "un", "persona", "en", "el")})
 
-    def _words(self, text: str) -> list[str]:
-        return re.findall(r"\w+", text.lower())
-
     def unknown_words(self, text: str) -> list[str]:
-        return [w for w in self._words(text) if w not in self.vocab]
+        return [w for w in tokenize(text) if w not in self.vocab]  # the real descriptors' tokens
 
     def encode(self, texts):
         out = np.zeros((len(texts), DIM), np.float32)
         for i, t in enumerate(texts):
-            for w in self._words(t):
+            for w in tokenize(t):
                 out[i] += self.vocab.get(w, 0)
         return out
 

@@ -79,6 +79,8 @@ def test_empty_and_unknown_queries(caplog):
         encode_texts(enc, ["   "])
     with pytest.raises(UserError, match=r"no known words in 'zzz qqq' \(unknown: zzz, qqq\)"):
         encode_texts(enc, ["zzz qqq"])
+    with pytest.raises(UserError, match=r"no known words in 'zzz 42' \(unknown: zzz\)"):  # digits are no words
+        encode_texts(enc, ["zzz 42"])
     with caplog.at_level(logging.WARNING):
         xq, keep = encode_texts(enc, ["zzz", "un barco azulado"])
     assert keep == [1] and xq.shape == (1, DIM)
