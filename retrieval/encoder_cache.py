@@ -101,6 +101,7 @@ def _open_cache(path: Path, encoder: Encoder):
     """The cache file for ``encoder`` (or None when empty), after dropping stale or merging leftover entries."""
     from extract.store import open_features
 
+    ff = None
     if path.exists():
         ff = open_features(path)
         if ff.config.get("kind") != CACHE_KIND:
@@ -112,9 +113,13 @@ def _open_cache(path: Path, encoder: Encoder):
                 path, ff.config.get("encoder"), old, encoder.name, encoder.fingerprint,
             )
             _discard(path)
+            ff = None
     if _parts_dir(path).exists():  # a run was interrupted: keep what it committed
         _writer(path, encoder).finalize()
-    return open_features(path) if path.exists() else None
+        ff = None  # rewritten
+    if ff is None and path.exists():
+        ff = open_features(path)
+    return ff
 
 
 def _gather(ff, rows: np.ndarray) -> np.ndarray:
