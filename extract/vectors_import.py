@@ -18,11 +18,13 @@ from extract.store import write_features
 
 log = logging.getLogger(__name__)
 
+_BLOCK = 65_536  # rows checked for NaN/inf at a time, so the check never holds a full-size boolean array
+
 
 def read_names(path: str | os.PathLike) -> list[str]:
-    """Image names, one per line (blank lines ignored)."""
+    """Image names, one per line (blank lines and a UTF-8 byte-order mark ignored)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read names file {path} ({exc.__class__.__name__}); pass a UTF-8 text file") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -49,7 +51,7 @@ def import_vectors(names_path: str | os.PathLike, vectors_path: str | os.PathLik
             f"expected{hint}; check --dim and that the two files belong together"
         )
     xb = np.memmap(vectors_path, dtype="<f4", mode="r", shape=(len(names), dim))
-    bad = int(np.count_nonzero(~np.isfinite(xb).all(axis=1)))
+    bad = sum(int(np.count_nonzero(~np.isfinite(xb[s : s + _BLOCK]).all(axis=1))) for s in range(0, len(xb), _BLOCK))
     if bad:
         log.warning("%d of %d imported rows contain NaN or inf", bad, len(names))
     config = {

@@ -40,3 +40,14 @@ def test_wrong_size_says_found_and_expected(tmp_path):
     with pytest.raises(UserError, match="fits 5 rows of 8, not 3"):
         import_vectors(tmp_path / "train_images_names.txt", tmp_path / "train_images_vectors.bin",
                        tmp_path / "f.h5", dim=8)
+
+
+def test_byte_order_mark_and_non_finite_rows(tmp_path, caplog):
+    names, xb = _write(tmp_path, 6, 4)
+    (tmp_path / "train_images_names.txt").write_text("\ufeff" + "\n".join(names) + "\n", encoding="utf-8")
+    xb[[1, 4], 2] = [np.nan, np.inf]
+    xb.tofile(tmp_path / "train_images_vectors.bin")
+    out = import_vectors(tmp_path / "train_images_names.txt", tmp_path / "train_images_vectors.bin",
+                         tmp_path / "f.h5", dim=4)
+    assert open_features(out).ids[0] == names[0]  # the mark is not part of the first name
+    assert "2 of 6 imported rows contain NaN or inf" in caplog.text
