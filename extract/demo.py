@@ -185,10 +185,9 @@ def read_manifest(out_dir: str | Path) -> dict | None:
         return None
 
 
-def _check_target(out_dir: Path, config: DemoConfig) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file; pass a folder for the demo data")
-    if not out_dir.exists() or read_manifest(out_dir) is not None:
+def _check_target(out_dir: Path, manifest: dict | None) -> None:
+    """Refuse a non-empty folder that holds neither a manifest nor any demo entry."""
+    if not out_dir.exists() or manifest is not None:
         return
     ours = set(_entries()) | {".partial"}
     present = {p.name for p in out_dir.iterdir()}
@@ -206,8 +205,10 @@ def generate_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), force:
     """
     config.check()
     out_dir = Path(out_dir)
-    _check_target(out_dir, config)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; pass a folder for the demo data")
     manifest = read_manifest(out_dir)
+    _check_target(out_dir, manifest)
     source = source_fingerprint()
     same = manifest is not None and (manifest.get("config"), manifest.get("source")) == (config.to_json(), source)
     if same and not force:
