@@ -1,30 +1,17 @@
 """Image feature extraction: list and decode images, run a backbone, store pooled features in HDF5.
 
-Importing this package is cheap; torch is imported only by the modules that run models (the
-functions named in ``_LAZY`` load their module on first use).
+Importing this package loads nothing: every name below is imported from its module on first use, so
+``import extract.core`` stays free of h5py and torch.
 """
 
-from extract.errors import UserError
-from extract.store import (
-    FeatureFile,
-    ResumableWriter,
-    atomic_path,
-    fingerprint,
-    open_features,
-    write_features,
-)
-
-__all__ = [
-    "FeatureFile",
-    "ResumableWriter",
-    "UserError",
-    "atomic_path",
-    "fingerprint",
-    "open_features",
-    "write_features",
-]
-
 _LAZY = {
+    "UserError": "extract.core.errors",
+    "atomic_path": "extract.core.files",
+    "FeatureFile": "extract.store",
+    "ResumableWriter": "extract.store",
+    "fingerprint": "extract.store",
+    "open_features": "extract.store",
+    "write_features": "extract.store",
     "list_images": "extract.images",
     "load_image": "extract.images",
     "load_backbone": "extract.backbone",
@@ -32,6 +19,22 @@ _LAZY = {
     "embed_images": "extract.features",
     "import_vectors": "extract.vectors_import",
 }
+
+__all__ = [
+    "FeatureFile",
+    "ResumableWriter",
+    "UserError",
+    "atomic_path",
+    "embed_images",
+    "extract_features",
+    "fingerprint",
+    "import_vectors",
+    "list_images",
+    "load_backbone",
+    "load_image",
+    "open_features",
+    "write_features",
+]
 
 
 def __getattr__(name: str):

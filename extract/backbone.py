@@ -26,8 +26,9 @@ import torch
 import torchvision
 from torch import nn
 
+from extract.core.devices import resolve_device
+from extract.core.errors import UserError
 from extract.cpu_memory import keep_freed_memory
-from extract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,6 @@ class Backbone:
             raise UserError("BatchNorm recalibration for --weights none needs at least 2 readable images")
         h = hashlib.sha256("\n".join(calibration_ids).encode("utf-8")).hexdigest()[:16]
         self.config.update(bn_recalibrated=True, bn_calibration_images=seen, bn_calibration_sha=h)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is a UserError."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; pass --device cpu or auto")
-    return torch.device(device)
 
 
 def _autocast(device: torch.device):

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from extract.backbone import Backbone, load_backbone
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
 from extract.store import ResumableWriter, open_features
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ small part files (each renamed into place once complete) and merges them into th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,38 +28,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
+from extract.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHUNK_ROWS = 256
 _STR = h5py.string_dtype("utf-8")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fingerprint(ids: Sequence[str], shape: tuple[int, ...]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import write_features
 
 log = logging.getLogger(__name__)

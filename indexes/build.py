@@ -30,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.arrays import normalize_rows
+from extract.core.errors import UserError
 from extract.store import FeatureFile, fingerprint, open_features
+from indexes.io import read_sidecar, save_index
+from indexes.params import set_search_params, tunable_parameter
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +99,6 @@ def auto_factory(n: int, d: int, memory_budget: int = DEFAULT_BUDGET) -> str:
         f"{n} x {d} vectors do not fit a memory budget of {memory_budget / 2**30:.1f} GiB even as 8-byte PQ codes; "
         "raise --memory-budget"
     )
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalise the rows of ``x`` ((n, d) float32) in place; zero rows stay zero. Returns ``x``."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
 
 
 def make_index(factory: str, d: int, metric: str):
@@ -246,33 +242,6 @@ def build_index(
     return BuiltIndex(index, meta)
 
 
-def tunable_parameter(index) -> tuple[str, list[int]] | None:
-    """The search-time knob of an approximate index and the values worth trying, or None for exact kinds."""
-    import faiss
-
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, faiss.IndexPreTransform):
-        return tunable_parameter(inner.index)
-    if isinstance(inner, faiss.IndexIVF):
-        values = [1 << i for i in range(int(math.log2(inner.nlist)) + 1)]
-        return "nprobe", values
-    if isinstance(inner, faiss.IndexHNSW):
-        return "efSearch", [16, 32, 64, 128, 256, 512, 1024]
-    return None
-
-
-def set_search_params(index, params: dict) -> None:
-    """Apply search-time parameters such as ``{"nprobe": 32}`` or ``{"efSearch": 64}``."""
-    import faiss
-
-    ps = faiss.ParameterSpace()
-    for name, value in params.items():
-        try:
-            ps.set_index_parameter(index, name, value)
-        except RuntimeError:
-            raise UserError(f"index {type(index).__name__} has no search parameter {name!r}") from None
-
-
 def recall_at(I: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
     """Mean fraction of the exact top-``k`` (``gt``, (nq, >=k) int64) found in the approximate top-``k`` ``I``."""
     hits = [len(set(a[:k].tolist()) & set(b[:k].tolist()) - {-1}) for a, b in zip(I, gt)]
@@ -321,7 +290,6 @@ def build_index_dir(
     features: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig(), quiet: bool = False
 ) -> dict:
     """Build an index over ``features`` and save it to ``OUT_DIR`` (index.faiss + index.json); returns the sidecar."""
-    from indexes.io import read_sidecar, save_index
 
     built = build_index(features, config, quiet=quiet)
     save_index(built.index, built.meta, out_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.errors import UserError
-from extract.store import atomic_path
+from extract.core.errors import UserError
+from extract.core.files import atomic_path
+from indexes.params import set_search_params
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def load_index(index_dir: str | os.PathLike, mmap: bool = True) -> LoadedIndex:
     The search parameters recorded at build time (``nprobe``/``efSearch``) are applied.
     """
     import faiss
-
-    from indexes.build import set_search_params
 
     folder = Path(index_dir)
     meta = read_sidecar(folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 TARGET_NORMS = ("l2", "standardise", "none")
 OPTIMISERS = ("sgd", "adam")

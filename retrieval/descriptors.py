@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.text import WordVectors, tokenize
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.encoder_cache import as_texts, batches, cached_encode, is_empty
 
 log = logging.getLogger(__name__)

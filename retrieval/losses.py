@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 KINDS = ("mse", "cosine", "vse")
 

@@ -15,15 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.arrays import normalize_rows
+from extract.core.errors import UserError
 
 METRICS = ("cosine", "l2")
 _BLOCK_BYTES = 64 << 20  # scores held at once: 64 MiB
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def scores(xq: np.ndarray, xb: np.ndarray, metric: str = "cosine") -> np.ndarray:
@@ -34,7 +30,7 @@ def scores(xq: np.ndarray, xb: np.ndarray, metric: str = "cosine") -> np.ndarray
     xq = np.asarray(xq, np.float32)
     xb = np.asarray(xb, np.float32)
     if metric == "cosine":
-        return _unit_rows(xq) @ _unit_rows(xb).T
+        return normalize_rows(xq, copy=True) @ normalize_rows(xb, copy=True).T
     if metric == "l2":
         q2 = np.einsum("ij,ij->i", xq, xq)[:, None]
         b2 = np.einsum("ij,ij->i", xb, xb)[None, :]
@@ -75,7 +71,7 @@ def ranks(
     if block is None:
         block = max(1, _BLOCK_BYTES // (4 * xb.shape[0]))
     if metric == "cosine":
-        xq, xb = _unit_rows(xq), _unit_rows(xb)
+        xq, xb = normalize_rows(xq, copy=True), normalize_rows(xb, copy=True)
         b2 = None
     else:
         b2 = np.einsum("ij,ij->i", xb, xb)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.arrays import normalize_rows
+from extract.core.errors import UserError
 from retrieval.checkpoint import check_features, group, read_checkpoint
 from retrieval.descriptors import WORD_KINDS, restore_descriptor
 from retrieval.text import WordVectors, open_vectors
@@ -118,8 +119,7 @@ class TextEncoder:
         if norm == "standardise":
             y = y * self.std + self.mean
         elif norm == "l2":
-            lens = np.linalg.norm(y, axis=1, keepdims=True)
-            y = np.divide(y, lens, out=np.zeros_like(y), where=lens > 0)
+            y = normalize_rows(y, copy=True)
         return y.astype(np.float32, copy=False)
 
     def unknown_words(self, text: str) -> list[str]:

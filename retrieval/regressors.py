@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 KINDS = ("mlp", "gru")
 

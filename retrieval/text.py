@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
-from extract.store import atomic_path
+from extract.core.errors import UserError
+from extract.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract.errors import UserError
+from extract.core.arrays import normalize_rows
+from extract.core.devices import resolve_device
+from extract.core.errors import UserError
 from extract.store import open_features
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import TrainConfig
@@ -33,13 +35,6 @@ from retrieval.regressors import make_regressor, regressor_config, state_to_nump
 from retrieval.text import prepare_vectors
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class _Inputs:
@@ -77,8 +72,7 @@ class Targets:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.norm == "l2":
-            n = np.linalg.norm(x, axis=1, keepdims=True)
-            return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+            return normalize_rows(x, copy=True)
         if self.norm == "standardise":
             return (x - self.mean) / self.std
         return x

@@ -173,7 +173,7 @@ def _check_and_record(sp: CheckedTokenizer, marker: Path | None) -> bool:
 
 def _write_quietly(path: Path, write) -> bool:
     """Write ``path`` atomically through ``write(tmp_path)``; a failure (read-only disk, full disk) is logged."""
-    from extract.store import atomic_path
+    from extract.core.files import atomic_path
 
     try:
         with atomic_path(path) as tmp:

@@ -35,8 +35,8 @@ def _isolated_user_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path_factory, monkeypatch):
     """Every test sees an empty default workspace, never the one `make demo` filled."""
-    import cli
+    from retrieval.commands import common
 
     ws = tmp_path_factory.mktemp("workspace")
-    monkeypatch.setattr(cli, "WORKSPACE", ws)
+    monkeypatch.setattr(common, "WORKSPACE", ws)
     monkeypatch.setenv("BUSCADOR_WORKSPACE", str(ws))

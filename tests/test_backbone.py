@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image, ImageDraw
 
 from extract.backbone import file_sha256, load_backbone
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 
 def _batch(n: int, size: int, seed: int = 0) -> torch.Tensor:

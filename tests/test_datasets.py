@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.datasets import find_splits, join_features, load_splits, read_captions
 
 

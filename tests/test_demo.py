@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
-from extract.demo import SPLITS, DemoConfig, generate_demo, read_manifest
-from extract.errors import UserError
+from extract.core.errors import UserError
+from retrieval.demo.corpus import SPLITS, DemoConfig, generate_demo, read_manifest
 
 SMALL = DemoConfig(seed=3, n_train=40, n_val=12, n_test=12, n_movies=40, image_size=64)
 
@@ -167,7 +167,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path):
 
 
 def test_a_changed_generator_regenerates(tmp_path, monkeypatch):
-    from extract import demo
+    from retrieval.demo import corpus as demo
 
     config = DemoConfig(seed=1, n_train=6, n_val=5, n_test=5, n_movies=3, image_size=64)
     generate_demo(tmp_path / "d", config)

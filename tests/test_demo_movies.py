@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.demo import DemoConfig, generate_demo
-from extract.demo_draw import noise_bank
-from extract.demo_movie_text import SENTENCES_EN
-from extract.demo_movies import GENRES, draw_poster, sample_genres, sample_movie
+from retrieval.demo.corpus import DemoConfig, generate_demo
+from retrieval.demo.draw import noise_bank
+from retrieval.demo.movie_text import SENTENCES_EN
+from retrieval.demo.movies import GENRES, draw_poster, sample_genres, sample_movie
 
 MOVIES = [sample_movie(np.random.default_rng([2, i]), f"m{i:05d}") for i in range(2000)]
 

@@ -8,15 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from extract.demo_captions import (
+from retrieval.demo.captions import (
     NOUNS,
     SETTING_PHRASES,
     color_word,
     noun_phrase,
     scene_captions,
 )
-from extract.demo_draw import draw_scene, noise_bank
-from extract.demo_scenes import (
+from retrieval.demo.draw import draw_scene, noise_bank
+from retrieval.demo.scenes import (
     COLORS,
     KIND_COLORS,
     SETTINGS,

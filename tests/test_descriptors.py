@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from text_fixtures import make_keyed_vectors
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.descriptors import KINDS, make_descriptor, restore_descriptor
 from retrieval.text import export_vectors, open_vectors, tokenize
 

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import open_features, write_features
 from retrieval import encoder_cache
 from retrieval.encoder_cache import cached_encode, text_key

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval import encoders
-from retrieval.encoder_benchmark import format_table, read_captions, spanish_captions
+from retrieval.bench.encoders import format_table, read_captions, spanish_captions
 from retrieval.encoder_cache import cached_encode
 from retrieval.encoders import ENCODER_NAMES, SentenceDescriptor, get_encoder
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from extract.backbone import load_backbone
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.features import calibrate, calibration_ids, embed_images, extract_features
 from extract.images import list_images, prepare_image
 from extract.store import ResumableWriter, open_features

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.genre.data import encode_genres, join_features, joined, read_label_set
 from retrieval.genre.split import stratified_split
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.images import list_images, load_image, prepare_image
 
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexes.benchmark import (
-    bench_kind,
-    exact_knn,
-    format_report,
-    plot,
-    speed_benchmark,
-)
+from indexes.bench.speed import bench_kind, exact_knn, speed_benchmark
+from indexes.bench.synthetic import SyntheticFeatures
 from indexes.build import ArrayFeatures, IndexConfig, build_index, normalize_rows
-from indexes.quality import ranks_via_index, split_quality
-from indexes.synthetic import SyntheticFeatures
+from retrieval.bench.search import format_report, plot, ranks_via_index, split_quality
 from retrieval.metrics import rank_metrics, ranks
 
 

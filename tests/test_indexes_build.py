@@ -6,8 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import write_features
+from indexes.bench.synthetic import SyntheticFeatures, clustered, clustered_queries
 from indexes.build import (
     IndexConfig,
     auto_factory,
@@ -18,7 +19,6 @@ from indexes.build import (
     recall_at,
 )
 from indexes.search import search
-from indexes.synthetic import SyntheticFeatures, clustered, clustered_queries
 
 N, D = 4000, 64
 

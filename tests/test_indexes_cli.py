@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from indexes_fakes import FakeTextEncoder, fake_embed_images, make_corpus
 from PIL import Image
 
-import indexes.search
+import retrieval.search
 from cli import cli
 
 
@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture
 def fake_model(monkeypatch, demo):
-    monkeypatch.setattr(indexes.search, "load_text_model", lambda path: FakeTextEncoder())
+    monkeypatch.setattr(retrieval.search, "load_text_model", lambda path: FakeTextEncoder())
     ckpt = demo / "regressor.pt"
     ckpt.write_bytes(b"")
     return ckpt

@@ -12,7 +12,7 @@ from text_fixtures import make_corpus
 
 from cli import cli
 from indexes.build import IndexConfig, build_index_dir
-from indexes.quality import quality_benchmark
+from retrieval.bench.search import quality_benchmark
 from retrieval.metrics import rank_metrics, ranks
 from retrieval.query import load_text_encoder
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from indexes_fakes import DIM, FakeTextEncoder, concept_vector, make_corpus
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import write_features
 from indexes.build import IndexConfig, build_index, build_index_dir, normalize_rows
 from indexes.gpu import to_device
 from indexes.io import check_query_model, load_index, read_sidecar
-from indexes.search import Searcher, encode_texts, read_queries_file, search
+from indexes.search import search
+from retrieval.search import Searcher, encode_texts, read_queries_file
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.metrics import format_table, rank_histogram, rank_metrics, ranks, scores
 
 

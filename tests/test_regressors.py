@@ -3,7 +3,7 @@ import pytest
 import torch
 from text_fixtures import one_thread  # noqa: F401  (fixture)
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.losses import compute_loss, vse_loss
 from retrieval.metrics import rank_metrics, ranks
 from retrieval.query import gru_forward, mlp_forward

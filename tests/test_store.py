@@ -2,7 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import ResumableWriter, fingerprint, open_features, write_features
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from text_fixtures import make_keyed_vectors
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.text import (
     convert_vectors,
     is_exported,

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from text_fixtures import make_corpus, make_keyed_vectors, one_thread  # noqa: F401  (fixture)
 
 from cli import cli
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import open_features, write_features
 from retrieval.checkpoint import read_checkpoint
 from retrieval.config import TrainConfig

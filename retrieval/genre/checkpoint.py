@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.genre.metrics import apply_thresholds, multilabel_report, top_k
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class GenreClassifier:
 
     def predict_proba(self, poster: np.ndarray | None = None, texts: list[str] | None = None, device: str = "cpu") -> np.ndarray:
         """Probabilities ``(n, G) float32`` from poster features ``(n, Dp) float32`` and/or overviews."""
-        from retrieval.genre.train import Batches, predict_proba
+        from retrieval.genre.models import Batches, predict_proba
 
         if self.uses_poster:
             if poster is None:
@@ -88,7 +88,7 @@ class GenreClassifier:
     def save(self, path: str | os.PathLike) -> Path:
         import torch
 
-        from extract.store import atomic_path
+        from extract.core.files import atomic_path
 
         blob = {
             "format": FORMAT, "config": asdict(self.cfg), "genres": list(self.genres),
@@ -107,9 +107,9 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
     """Load a checkpoint written by :meth:`GenreClassifier.save`."""
     import torch
 
+    from retrieval.genre.config import GenreConfig
     from retrieval.genre.inputs import text_input_from_state
     from retrieval.genre.models import GenreNet
-    from retrieval.genre.train import GenreConfig
 
     path = Path(path)
     if not path.is_file():
@@ -185,7 +185,7 @@ def predict_movie(
 
     The poster's features are extracted on the fly with the backbone recorded in the training features.
     """
-    from retrieval.genre.train import resolve_device
+    from extract.core.devices import resolve_device
 
     device = resolve_device(device)
     feats = None

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ model carries everything it needs.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-MODEL_KINDS = ("poster", "text", "concat", "late", "gmu")
+from retrieval.genre.kinds import MODEL_KINDS
 
 
 class Standardize(nn.Module):
@@ -129,3 +130,36 @@ class GenreNet(nn.Module):
             self.branch_logits = (lp, lt)
             return (lp + lt) / 2
         return self.net(poster, text)
+
+
+class Batches:
+    """Model inputs for row subsets as torch tensors on ``device``."""
+
+    def __init__(self, poster, text, device):
+        self.poster, self.text, self.device = poster, text, device
+
+    def __call__(self, rows):
+        p = torch.from_numpy(np.ascontiguousarray(self.poster[rows])).to(self.device) if self.poster is not None else None
+        t = torch.from_numpy(np.ascontiguousarray(self.text[rows], dtype=np.float32)).to(self.device) if self.text is not None else None
+        return p, t
+
+
+def predict_logits(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024):
+    """``(len(rows), G)`` float32 torch logits from a net in eval mode."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            p, t = batches(rows[start : start + batch_size])
+            out.append(net(p, t).float())
+    return torch.cat(out) if out else torch.zeros((0, net_out_dim(net)))
+
+
+def predict_proba(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """``(len(rows), G) float32`` probabilities from a trained net."""
+    return torch.sigmoid(predict_logits(net, batches, rows, batch_size)).cpu().numpy()
+
+
+def net_out_dim(net) -> int:
+    """Number of genres a net predicts."""
+    return [m for m in net.modules() if m.__class__.__name__ == "Linear"][-1].out_features

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.devices import resolve_device
+from extract.core.errors import UserError
+from retrieval.genre.config import GenreConfig
 from retrieval.genre.data import LabelSet, joined, read_label_set
 from retrieval.genre.inputs import TextInput
 from retrieval.genre.metrics import apply_thresholds, multilabel_report, tune_thresholds
-from retrieval.genre.models import MODEL_KINDS
 from retrieval.genre.split import (
     SPLIT_NAMES,
     codes_from_names,
@@ -28,38 +29,6 @@ from retrieval.genre.split import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenreConfig:
-    """Everything that decides how a genre model is trained; saved in its checkpoint."""
-
-    model: str = "concat"
-    descriptor: str = "tfidf"
-    descriptor_path: str | None = None
-    text_cache: str | None = None
-    text_field: str = "overview"
-    hidden: int = 256
-    dropout: float = 0.3
-    epochs: int = 60
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    pos_weight: str = "auto"
-    pos_weight_cap: float = 10.0
-    patience: int = 10
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-
-    def __post_init__(self):
-        if self.model not in MODEL_KINDS:
-            raise UserError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
-        if self.pos_weight not in ("auto", "none"):
-            try:
-                float(self.pos_weight)
-            except ValueError:
-                raise UserError(f"--pos-weight must be auto, none or a number, not {self.pos_weight!r}") from None
 
 
 @dataclass
@@ -118,15 +87,6 @@ def prepare(
     return Prepared(labels, poster, codes, info, missing)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndarray:
     """Per-genre positive weights ``(G,) float32``: ``auto`` = negatives/positives capped at ``cap``."""
     g = Y.shape[1]
@@ -137,45 +97,6 @@ def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndar
     pos = Y.sum(axis=0).astype(np.float64)
     neg = Y.shape[0] - pos
     return np.where(pos > 0, np.clip(neg / np.maximum(pos, 1), 1.0, cap), 1.0).astype(np.float32)
-
-
-class Batches:
-    """Model inputs for row subsets as torch tensors on ``device``."""
-
-    def __init__(self, poster, text, device):
-        self.poster, self.text, self.device = poster, text, device
-
-    def __call__(self, rows):
-        import torch
-
-        p = torch.from_numpy(np.ascontiguousarray(self.poster[rows])).to(self.device) if self.poster is not None else None
-        t = torch.from_numpy(np.ascontiguousarray(self.text[rows], dtype=np.float32)).to(self.device) if self.text is not None else None
-        return p, t
-
-
-def predict_logits(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024):
-    """``(len(rows), G)`` float32 torch logits from a net in eval mode."""
-    import torch
-
-    net.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            p, t = batches(rows[start : start + batch_size])
-            out.append(net(p, t).float())
-    return torch.cat(out) if out else torch.zeros((0, net_out_dim(net)))
-
-
-def predict_proba(net, batches: Batches, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """``(len(rows), G) float32`` probabilities from a trained net."""
-    import torch
-
-    return torch.sigmoid(predict_logits(net, batches, rows, batch_size)).cpu().numpy()
-
-
-def net_out_dim(net) -> int:
-    """Number of genres a net predicts."""
-    return [m for m in net.modules() if m.__class__.__name__ == "Linear"][-1].out_features
 
 
 def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, quiet: bool = True):
@@ -189,7 +110,7 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     from tqdm import tqdm
 
     from retrieval.genre.checkpoint import GenreClassifier
-    from retrieval.genre.models import GenreNet
+    from retrieval.genre.models import Batches, GenreNet, predict_logits, predict_proba
 
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)

@@ -1,4 +1,4 @@
-"""Draw a demo :class:`~extract.demo_scenes.Scene` with PIL: a textured background per setting, then
+"""Draw a demo :class:`~retrieval.demo.scenes.Scene` with PIL: a textured background per setting, then
 recognisable objects (a person has head, body and limbs; a bicycle two wheels and a frame; a cyclist
 rides one), then mild noise (colour jitter, additive pixel noise) so no two images are
 trivially identical. Everything comes from the ``rng`` passed in, so a seed fixes every pixel.
@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from extract.demo_scenes import COLORS, SETTINGS, Scene, SceneObject
+from retrieval.demo.scenes import COLORS, SETTINGS, Scene, SceneObject
 
 _SKIN = ((250, 215, 180), (225, 175, 130), (170, 115, 75), (105, 70, 45))
 _TROUSERS = ((40, 45, 70), (60, 60, 60), (90, 70, 50))

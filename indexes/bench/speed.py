@@ -1,9 +1,9 @@
-"""Search benchmarks: speed and recall of index kinds, scaling with N, and a cold ``cli.py search``.
+"""Index speed benchmarks: recall and latency of index kinds, and scaling with N.
 
 Speed figures come with their baselines from the same run: recall@10 is against exact (brute-force)
 search over the same vectors, and the search layer's single-query latency is compared with calling
 ``index.search`` directly on the same index and queries (``layer_ratio`` = raw time / layer time, 1.0 means
-no overhead). Data is synthetic and clustered (:mod:`indexes.synthetic`), generated in blocks, so 1M x 2048
+no overhead). Data is synthetic and clustered (:mod:`indexes.bench.synthetic`), generated in blocks, so 1M x 2048
 never sits in memory as float32.
 """
 
@@ -12,24 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from indexes.bench.synthetic import SyntheticFeatures
 from indexes.build import (
     IndexConfig,
     build_index,
     normalize_rows,
     recall_at,
-    set_search_params,
-    tunable_parameter,
 )
+from indexes.params import set_search_params, tunable_parameter
 from indexes.search import search, single_threaded_for
-from indexes.synthetic import SyntheticFeatures
 
 log = logging.getLogger(__name__)
 
@@ -172,108 +168,3 @@ def scaling_benchmark(sizes: Sequence[int], d: int, nq: int = 200, seed: int = 0
         row["exact_batch_qps"] = round(nq / exact_s, 1)
         rows.append(row)
     return rows
-
-
-def cold_search(query: str, index_dir: str | os.PathLike, model: str | os.PathLike, runs: int = 3) -> dict:
-    """Wall time of fresh ``cli.py search`` processes, with the per-stage timings each one reports."""
-    import importlib.util
-
-    cli_path = importlib.util.find_spec("cli").origin
-    walls, stages = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, cli_path, "search", query, "--index", str(index_dir), "--model", str(model),
-                               "--json", "--timings"], capture_output=True, text=True, check=False)
-        walls.append(time.perf_counter() - t0)
-        if proc.returncode != 0:
-            from extract.errors import UserError
-
-            raise UserError(f"cold search failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        stages.append(json.loads(proc.stdout)["timings"])
-    keys = stages[0].keys()
-    med = {k: round(float(np.median([s.get(k, 0.0) for s in stages])), 4) for k in keys}
-    wall = float(np.median(walls))
-    med["startup_and_cli"] = round(wall - med.get("total", 0.0), 4)
-    return {"runs": runs, "wall_s": round(wall, 3), "stages_s": med}
-
-
-def plot(out: str | os.PathLike, quality: dict | None = None, speed: dict | None = None) -> Path:
-    """PNG: rank histogram per split (quality) and recall@10 vs p50 latency per index kind (speed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from extract.store import atomic_path
-
-    panels = [p for p in (quality, speed) if p]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.2), squeeze=False)
-    ax_iter = iter(axes[0])
-    if quality:
-        ax = next(ax_iter)
-        for name, s in quality["splits"].items():
-            r = np.asarray(s["ranks"])
-            ax.hist(r, bins=np.arange(0.5, min(s["images"], 50) + 1.5), histtype="step", label=f"{name} (N={s['images']})")
-        ax.set(xlabel="rank of the true image (1 = first; clipped at 50)", ylabel="captions", title=f"ranks through {quality['factory']}")
-        ax.legend()
-    if speed:
-        ax = next(ax_iter)
-        for row in speed["rows"]:
-            pts = row["sweep"]
-            ax.plot([p["p50_ms"] for p in pts], [p["recall@10"] for p in pts], marker="o", label=row["factory"])
-        ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-        ax.set(xscale="log", xlabel="single-query p50 latency (ms)", ylabel="recall@10 vs exact",
-               title=f"{speed['n']:,} x {speed['d']} clustered")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
-
-
-def format_report(report: dict) -> str:
-    """Printable tables of a :func:`run` report."""
-    lines = []
-    q = report.get("quality")
-    if q:
-        from retrieval.metrics import format_table
-
-        table = {name: s["index"] for name, s in q["splits"].items()}
-        table["average"] = q["average"]
-        lines += [f"quality through {q['factory']} ({q['metric']}); equal to exact evaluation: "
-                  + ", ".join(f"{n} {'yes' if s['agree'] else 'NO'}" for n, s in q["splits"].items()), format_table(table), ""]
-    cols = ["factory", "n", "param", "build_s", "index_mib", "recall@10", "qps", "p50_ms", "p99_ms", "raw_p50_ms", "layer_ratio"]
-    for title, rows in (("speed", (report.get("speed") or {}).get("rows")), ("scaling", report.get("scaling"))):
-        if rows:
-            names = cols + (["exact_batch_qps"] if title == "scaling" else [])
-            cells = [names] + [[str(r.get(c, "-")) for c in names] for r in rows]
-            widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
-            lines.append(title + (f" (exact batch QPS {report['speed']['exact_batch_qps']})" if title == "speed" else ""))
-            lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells] + [""]
-    cold = report.get("cold")
-    if cold:
-        lines.append(f"cold `cli.py search`: {cold['wall_s']:.2f} s wall (median of {cold['runs']}); "
-                     + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cold["stages_s"].items()))
-    return "\n".join(lines).rstrip()
-
-
-def run(quality_args: dict | None = None, speed_args: dict | None = None, scaling_args: dict | None = None,
-        cold_args: dict | None = None, plot_path: str | os.PathLike | None = None) -> dict:
-    """Run the requested parts (each a dict of keyword arguments, or None to skip) and draw the plot."""
-    from indexes.quality import quality_benchmark
-
-    report: dict = {}
-    if quality_args:
-        report["quality"] = quality_benchmark(**quality_args)
-    if speed_args:
-        report["speed"] = speed_benchmark(**speed_args)
-    if scaling_args:
-        report["scaling"] = scaling_benchmark(**scaling_args)
-    if cold_args:
-        report["cold"] = cold_search(**cold_args)
-    if plot_path and (report.get("quality") or report.get("speed")):
-        report["plot"] = str(plot(plot_path, report.get("quality"), report.get("speed")))
-    return report
-

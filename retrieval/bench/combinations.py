@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from extract.store import open_features
 from retrieval.config import TrainConfig
 from retrieval.datasets import find_splits, read_captions

@@ -26,9 +26,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from extract.backbone import Backbone, load_backbone
+from extract.core.errors import UserError
 from extract.cpu_memory import ENV as MALLOC_ENV
 from extract.cpu_memory import keep_freed_memory
-from extract.errors import UserError
 from extract.features import backbone_from_config, calibrate, extract_features
 from extract.images import prepare_image
 

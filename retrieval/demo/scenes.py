@@ -2,8 +2,8 @@
 
 A :class:`Scene` is the ground truth of one demo image: the setting (``playa``, ``parque``...), a main
 subject, an optional second object related to it (``junto a``, ``encima de``...) and an optional sun or
-moon. Positions are laid out here so that the drawing (:mod:`extract.demo_draw`) and the captions
-(:mod:`extract.demo_captions`) both read the same facts. Coordinates are fractions of the image side:
+moon. Positions are laid out here so that the drawing (:mod:`retrieval.demo.draw`) and the captions
+(:mod:`retrieval.demo.captions`) both read the same facts. Coordinates are fractions of the image side:
 ``box = (x0, y0, x1, y1)``, ``x, y`` its centre, y growing downwards.
 """
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from extract.errors import UserError
+from extract.core.errors import UserError
 from retrieval.encoder_cache import cached_encode
 from retrieval.encoders import ENCODER_NAMES, get_encoder
 

@@ -16,8 +16,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from extract.demo_draw import add_noise, gradient, jitter
-from extract.demo_movie_text import movie_overview, movie_title
+from retrieval.demo.draw import add_noise, gradient, jitter
+from retrieval.demo.movie_text import movie_overview, movie_title
 
 GENRES: tuple[str, ...] = (
     "Drama", "Comedia", "Acción", "Suspense", "Romance", "Crimen", "Aventura", "Terror",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from extract.demo_scenes import Scene, SceneObject
+from retrieval.demo.scenes import Scene, SceneObject
 
 #: kind -> synonyms as (singular, plural, gender); the common word is repeated to make it the most frequent.
 NOUNS: dict[str, tuple[tuple[str, str, str], ...]] = {

@@ -15,8 +15,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from extract.errors import UserError
-from extract.store import atomic_path
+from extract.core.errors import UserError
+from extract.core.files import atomic_path
 from indexes.search import Results
 
 log = logging.getLogger(__name__)

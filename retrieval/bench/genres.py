@@ -8,8 +8,8 @@ import time
 from dataclasses import replace
 
 from retrieval.genre.baselines import most_frequent, ovr_linear_svm
+from retrieval.genre.kinds import MODEL_KINDS
 from retrieval.genre.metrics import multilabel_report
-from retrieval.genre.models import MODEL_KINDS
 from retrieval.genre.train import GenreConfig, fit, prepare
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def run_benchmark(
     labels = prep.labels
     train, test = prep.rows("train"), prep.rows("test")
     if len(test) == 0:
-        from extract.errors import UserError
+        from extract.core.errors import UserError
 
         raise UserError(f"{labels_path}: the split leaves no test movies; use more movies or a larger --test-fraction")
     texts = labels.texts

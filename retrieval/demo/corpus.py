@@ -30,17 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.demo_captions import scene_captions
-from extract.demo_draw import draw_scene, noise_bank
-from extract.demo_movies import GENRES, draw_poster, sample_movie
-from extract.demo_scenes import KINDS, SETTINGS, split_code, split_scenes
-from extract.errors import UserError
+from extract.core.errors import UserError
+from retrieval.demo.captions import scene_captions
+from retrieval.demo.draw import draw_scene, noise_bank
+from retrieval.demo.movies import GENRES, draw_poster, sample_movie
+from retrieval.demo.scenes import KINDS, SETTINGS, split_code, split_scenes
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-_SOURCES = ("demo.py", "demo_scenes.py", "demo_draw.py", "demo_captions.py", "demo_movies.py", "demo_movie_text.py")
+_SOURCES = ("corpus.py", "scenes.py", "draw.py", "captions.py", "movies.py", "movie_text.py")
 _MOVIE_STREAM = 1_000_003  # keeps movie seeds apart from every split's seeds
 
 

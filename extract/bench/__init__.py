@@ -1,0 +1,1 @@
+"""Extraction benchmark: the full pipeline against the bare forward, in the same run."""

@@ -1,0 +1,1 @@
+"""Index benchmarks over synthetic clustered vectors: speed, recall against exact search, scaling."""

@@ -1,0 +1,103 @@
+"""Commands on images: demo-data, extract, import-vectors, benchmark extract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n-train", default=1000, show_default=True, help="Images in the train split.")
+@click.option("--n-val", default=150, show_default=True, help="Images in the val split.")
+@click.option("--n-test", default=150, show_default=True, help="Images in the test split.")
+@click.option("--n-movies", default=1200, show_default=True, help="Movies with posters and overviews.")
+@click.option("--seed", default=0, show_default=True, help="Seed; the same seed and options give identical files.")
+@click.option("--image-size", default=256, show_default=True, help="Side of the square scene images, in pixels.")
+@click.option("--force", is_flag=True, help="Regenerate even when OUT_DIR already holds this exact demo set.")
+def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: int, seed: int,
+              image_size: int, force: bool) -> None:
+    """Draw the demo corpus into OUT_DIR: captioned scenes (train/val/test) and movies with genres.
+
+    Nothing is downloaded: every image is drawn from the seed. A folder that already holds the same
+    demo set is left as it is; one made with other options is regenerated.
+    """
+    from retrieval.demo.corpus import DemoConfig, generate_demo
+
+    config = DemoConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, n_movies=n_movies,
+                        image_size=image_size)
+    click.echo(generate_demo(out_dir, config, force=force).line())
+
+
+@click.command()
+@click.argument("images", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", default="resnet152", show_default=True,
+              help="torchvision classification model name, or efficientnet-lite0.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (torch hub cache or installed package), none (seeded random init), or a state_dict .pth.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels [model default, 224].")
+@click.option("--limit", type=click.IntRange(min=1), help="Process at most this many images of the list.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="Image root for ids and relative paths [the folder, or the list file's folder].")
+@click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
+              help="Refuse larger images (decompression-bomb guard).")
+@click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between durable commits of finished batches (0: every batch).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
+            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
+            quiet: bool) -> None:
+    """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5; resumable."""
+    from extract.features import extract_features
+
+    summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size, workers=workers,
+                               device=device, image_size=image_size, limit=limit, root=root,
+                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
+    click.echo(summary.report())
+
+
+@click.command("import-vectors")
+@click.argument("names", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("vectors", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dim", default=2048, show_default=True, type=click.IntRange(min=1), help="Values per row.")
+def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
+    """Import precomputed features: NAMES.txt (one per line) + VECTORS.bin (float32 rows) -> OUT.h5."""
+    from extract.store import open_features
+    from extract.vectors_import import import_vectors
+
+    ff = open_features(import_vectors(names, vectors, out, dim))
+    click.echo(f"{ff.path}: {len(ff)} images x {ff.dim}-d imported")
+
+
+@click.command("extract")
+@click.option("--model", default="resnet152", show_default=True)
+@click.option("--weights", default="auto", show_default=True,
+              help="auto: ImageNet when the file is present, else random init (said in the output).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--image-size", type=click.IntRange(min=16))
+@click.option("--images", default=96, show_default=True, type=click.IntRange(min=1),
+              help="Images to draw and extract per round (enough to amortise worker start-up).")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Alternating timing rounds.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for the forward [torch default].")
+@click.option("--allocator-baseline/--no-allocator-baseline", default=True, show_default=True,
+              help="On CPU, also time the bare forward in a fresh process with glibc's default allocator.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, device: str,
+                          image_size: int | None, images: int, rounds: int, threads: int | None,
+                          allocator_baseline: bool, as_json: bool) -> None:
+    """Images/s of the full extraction pipeline vs the bare model forward (same run, model, batch, device)."""
+    import json
+
+    from extract.bench.pipeline import benchmark_extract, format_table
+
+    result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads,
+                               allocator_baseline)
+    click.echo(json.dumps(result, indent=1) if as_json else format_table(result))

@@ -1,0 +1,140 @@
+"""Commands on indexes and search: index build/info, search, benchmark search."""
+
+from __future__ import annotations
+
+import click
+
+from retrieval.commands.common import Group, workspace_path
+
+
+@click.group(cls=Group)
+def index() -> None:
+    """Build and inspect FAISS indexes over feature files."""
+
+
+@index.command("build")
+@click.argument("features", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--index", "factory", default="auto", show_default=True,
+              help="faiss factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64, SQ8, SQfp16, ...) or auto.")
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine", show_default=True,
+              help="cosine = inner product on L2-normalised vectors.")
+@click.option("--memory-budget", default="8GiB", show_default=True, help="Memory the index may use (for --index auto).")
+@click.option("--train-size", type=click.IntRange(min=1), default=65536, show_default=True, help="Training sample size.")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Recall@10 the default nprobe/efSearch must reach on stored vectors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def index_build(features, out_dir, factory, metric, memory_budget, train_size, target_recall, quiet) -> None:
+    """Build an index over FEATURES.h5 and save OUT_DIR/index.faiss + OUT_DIR/index.json."""
+    from indexes.build import IndexConfig, build_index_dir, parse_size
+
+    config = IndexConfig(factory=factory, metric=metric, memory_budget=parse_size(memory_budget),
+                         train_size=train_size, target_recall=target_recall)
+    meta = build_index_dir(features, out_dir, config, quiet=quiet)
+    tuned = ", ".join(f"{k}={v}" for k, v in meta["search_params"].items())
+    click.echo(f"{out_dir}: {meta['factory']} ({meta['metric']}) over {meta['n']} x {meta['d']} in "
+               f"{meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}")
+
+
+@index.command("info")
+@click.argument("index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")))
+def index_info(index_dir) -> None:
+    """Print the sidecar of an index folder (how it was built)."""
+    import json
+
+    from indexes.io import read_sidecar
+
+    click.echo(json.dumps(read_sidecar(index_dir), indent=1, sort_keys=True))
+
+
+@click.command("search")
+@click.argument("query", nargs=-1)
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")),
+              show_default="workspace/index", help="Index folder.")
+@click.option("--model", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
+              show_default="workspace/text-encoder.npz", help="Text encoder checkpoint (text queries).")
+@click.option("-k", type=int, default=5, show_default=True, help="Results per query.")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False), help="Query by image (repeatable).")
+@click.option("--id", "ids", multiple=True, help="Query by the stored vector of an indexed id (repeatable).")
+@click.option("--queries-file", type=click.Path(exists=True, dir_okay=False), help="Text queries, one a line.")
+@click.option("--features", type=click.Path(exists=True, dir_okay=False), help="Feature file (default: the one in the sidecar).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: GPU when faiss has GPU support and a GPU is present, else CPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--contact-sheet", "sheets", multiple=True, type=click.Path(dir_okay=False),
+              help="Write the thumbnails to a .png or .html (repeatable).")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False),
+              help="JSON-lines ground truth ({\"id\": ..., FIELD: bool}) to mark each result.")
+@click.option("--truth-field", default="person_on_bicycle", show_default=True)
+@click.option("--timings", is_flag=True, help="Print the time of each stage (to stderr).")
+def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, device, as_json, sheets, truth,
+               truth_field, timings) -> None:
+    """Search images by a Spanish description, e.g. `search "una persona en bicicleta"`."""
+    import time
+
+    t0 = time.perf_counter()
+    from retrieval.search import answer, read_queries_file
+
+    texts = [" ".join(query)] if query else []
+    if queries_file:
+        texts += read_queries_file(queries_file)
+    results = answer(index_dir, texts=texts, images=images, ids=ids, model=model, k=k, features=features, device=device)
+    flags = None
+    if truth or sheets:
+        from retrieval.sheet import load_truth, truth_flags, write_contact_sheet
+
+        table = load_truth(truth, truth_field) if truth else None
+        flags = truth_flags(results, table) if table is not None else None
+        for sheet in sheets:
+            write_contact_sheet(results, sheet, table)
+    results.timings["total"] = time.perf_counter() - t0
+    click.echo(results.format(as_json, flags, truth_field))
+    if timings:
+        click.echo("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results.timings.items()), err=True)
+
+
+@click.command("search")
+@click.option("--features", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("features.h5")),
+              show_default="workspace/features.h5", help="Feature file for the quality part.")
+@click.option("--captions", multiple=True, type=click.Path(exists=True),
+              help="Caption folder or <split>_captions.txt (repeatable); enables the quality part.")
+@click.option("--model", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
+              show_default="workspace/text-encoder.npz", help="Text encoder checkpoint (quality and --cold).")
+@click.option("--quality-index", default="Flat", show_default=True, help="Index kind the quality part searches through.")
+@click.option("-n", "--n", "n", type=click.IntRange(min=0), default=100_000, show_default=True,
+              help="Synthetic vectors for the speed part (0 skips it).")
+@click.option("--dim", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--kind", "kinds", multiple=True, help="Index kinds to compare (repeatable; default: Flat, HNSW32, IVF-Flat, IVF-SQ8, IVF-PQ).")
+@click.option("--nq", type=click.IntRange(min=1), default=1000, show_default=True, help="Batch queries.")
+@click.option("--single", type=click.IntRange(min=1), default=200, show_default=True, help="Single queries timed one by one.")
+@click.option("--train-size", type=click.IntRange(min=1), default=40_960, show_default=True,
+              help="Training sample of the trained kinds (IVF needs ~39 per list).")
+@click.option("--scaling", default="", help="Comma-separated N for the scaling part, e.g. 10000,100000,1000000.")
+@click.option("--scaling-budget", default="2GiB", show_default=True, help="Memory budget of the auto index in the scaling part.")
+@click.option("--scaling-kind", default="auto", show_default=True,
+              help="Index kind of the scaling part: auto, or a factory string where {nlist} is the guideline's list count.")
+@click.option("--cold", is_flag=True, help="Time fresh `cli.py search` processes on --index/--model.")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")),
+              show_default="workspace/index")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG (rank histograms, recall vs latency).")
+@click.option("--json", "as_json", is_flag=True)
+def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, train_size, scaling,
+                     scaling_budget, scaling_kind, cold, index_dir, plot_path, as_json) -> None:
+    """Retrieval quality through an index, speed/recall of index kinds, scaling, and cold-start time."""
+    import json
+
+    from indexes.bench.speed import default_kinds
+    from indexes.build import parse_size
+    from retrieval.bench.search import format_report, run
+
+    quality = None
+    if captions:
+        quality = {"features": features, "captions": list(captions), "model": model, "factory": quality_index}
+    speed = {"n": n, "d": dim, "factories": list(kinds) or default_kinds(n, dim), "nq": nq, "n_single": single,
+             "train_size": train_size} if n else None
+    sizes = [int(s) for s in scaling.split(",") if s.strip()]
+    scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size,
+             "kind": scaling_kind} if sizes else None
+    cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
+    report = run(quality, speed, scale, cold_args, plot_path)
+    click.echo(json.dumps(report, indent=1) if as_json else format_report(report))

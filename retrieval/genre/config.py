@@ -1,0 +1,40 @@
+"""The training configuration of a genre model, saved in its checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extract.core.errors import UserError
+from retrieval.genre.kinds import MODEL_KINDS
+
+
+@dataclass(frozen=True)
+class GenreConfig:
+    """Everything that decides how a genre model is trained; saved in its checkpoint."""
+
+    model: str = "concat"
+    descriptor: str = "tfidf"
+    descriptor_path: str | None = None
+    text_cache: str | None = None
+    text_field: str = "overview"
+    hidden: int = 256
+    dropout: float = 0.3
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    pos_weight: str = "auto"
+    pos_weight_cap: float = 10.0
+    patience: int = 10
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise UserError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
+        if self.pos_weight not in ("auto", "none"):
+            try:
+                float(self.pos_weight)
+            except ValueError:
+                raise UserError(f"--pos-weight must be auto, none or a number, not {self.pos_weight!r}") from None
