@@ -84,12 +84,12 @@ def _under(module: str, prefix: str) -> bool:
 
 def _allowed(src: str, dst: str) -> str | None:
     """None when ``src`` may import ``dst``; otherwise the rule it breaks."""
-    is_command = lambda m: m == "cli" or _under(m, "retrieval.commands")  # noqa: E731
+    is_command = lambda m: m == "cli" or _under(m, "retrieval.commands")
     if _under(src, "extract.core"):
         return None if _under(dst, "extract.core") else "the core imports nothing of ours"
     if is_command(dst) and not is_command(src):
         return "library code never imports the command layer"
-    is_bench = lambda m: "bench" in m.split(".")  # noqa: E731
+    is_bench = lambda m: "bench" in m.split(".")
     if is_bench(dst) and not (is_bench(src) or is_command(src)):
         return "production modules never import a benchmark"
     if _under(dst, "retrieval.demo") and not (_under(src, "retrieval.demo") or is_command(src)):
