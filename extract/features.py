@@ -3,7 +3,9 @@
 Decoding and resizing run in DataLoader worker processes and travel as ``uint8`` tensors; the main
 process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
 (autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.store.ResumableWriter`,
-so a killed run resumes where it stopped. ``embed_images`` embeds a few new images exactly as a
+so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
+changed images (:mod:`extract.collection`); with nothing to do it returns before loading a model.
+``embed_images`` embeds a few new images exactly as a
 feature file's images were embedded (same model, weights and preprocessing).
 """
 
@@ -24,14 +26,19 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from extract.backbone import Backbone, load_backbone
+from extract.collection import (calibration_files, check_calibration, check_options, check_root, plan_run,
+                                source_stat)
 from extract.core.errors import UserError
+from extract.core.files import ensure_writable
 from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
-from extract.store import ResumableWriter, open_features
+from extract.parts import ResumableWriter, read_state
+from extract.store import open_features
 
 log = logging.getLogger(__name__)
 
 # Config keys that must agree between a feature file (or an unfinished run) and a run resuming it.
-MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "bn_calibration_sha")
+MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "bn_calibration_sha",
+              "image_root")
 BN_IMAGES = 64
 _CALIBRATION_BATCH = 16
 
@@ -52,6 +59,9 @@ class ExtractSummary:
     total_failed: int
     seconds: float
     failed_examples: list[tuple[str, str]] = field(default_factory=list)
+    changed: int = 0  # of ``written``: rows whose image changed, extracted again
+    pruned: int = 0
+    gone: int = 0  # rows whose file is gone, kept (no --prune)
 
     @property
     def images_per_s(self) -> float:
@@ -61,9 +71,12 @@ class ExtractSummary:
         """A short human-readable summary (several lines)."""
         lines = [
             f"{self.out}: {self.total_rows} images x {self.dim}-d ({self.model}), {self.total_failed} failed in total",
-            (f"this run: {self.written} written, {self.skipped} skipped as already done, {self.failed} failed, "
+            (f"this run: {self.written - self.changed} new, {self.changed} changed (extracted again), "
+             f"{self.skipped} unchanged, {self.failed} failed, {self.pruned} pruned, "
              f"{self.duplicates} duplicate paths dropped ({self.images_per_s:.1f} images/s)"),
         ]
+        if self.gone:
+            lines.append(f"  {self.gone} rows name images that are gone; pass --prune to drop them")
         lines += [f"  failed: {i}: {why}" for i, why in self.failed_examples[:5]]
         if self.failed > 5:
             lines.append(f"  ... and {self.failed - 5} more (see /failed in the file)")
@@ -82,16 +95,17 @@ class _ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        source = source_stat(self.paths[i])  # size, mtime, sha256 of the bytes decoded next
         arr, reason = prepare_image(self.paths[i], self.image_size, self.max_pixels)
-        return i, (None if arr is None else torch.from_numpy(arr)), reason
+        return i, (None if arr is None else torch.from_numpy(arr)), reason, source
 
 
 def _collate(items):
-    """-> (indices of good images, (n, 3, S, S) uint8 or None, [(index, reason)] of bad ones)."""
-    good = [(i, x) for i, x, _ in items if x is not None]
-    bad = [(i, why) for i, x, why in items if x is None]
+    """-> (indices of good images, (n, 3, S, S) uint8 or None, [(index, reason)] of bad ones, {index: source})."""
+    good = [(i, x) for i, x, _, _ in items if x is not None]
+    bad = [(i, why) for i, x, why, _ in items if x is None]
     xb = torch.stack([x for _, x in good]).permute(0, 3, 1, 2) if good else None
-    return [i for i, _ in good], xb, bad
+    return [i for i, _ in good], xb, bad, {i: src for i, _, _, src in items}
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -140,6 +154,7 @@ def calibrate(backbone: Backbone, root: Path, ids: list[str], max_pixels: int = 
     """Recalibrate a random-init backbone's BatchNorm statistics on ``root/ids`` (in that order)."""
     backbone.recalibrate(_calibration_batches(root, ids, backbone.image_size, max_pixels), ids)
     backbone.config["bn_calibration_ids"] = list(ids)
+    backbone.config["bn_calibration_files"] = calibration_files(Path(root), list(ids))
     backbone.config["bn_calibration_root"] = str(Path(root).resolve())
 
 
@@ -160,35 +175,60 @@ def extract_features(
     backbone: Backbone | None = None,
     bn_images: int = BN_IMAGES,
     commit_seconds: float = 1.0,
+    prune: bool = False,
 ) -> ExtractSummary:
     """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
 
     Finished batches are committed durably every ``commit_seconds`` (0: every batch) and at the end;
     a killed run continues where it stopped when re-run with the same options, and a different
-    model, weights, image size or BatchNorm calibration set is refused. Bad images go to the failed list.
+    model, weights, image size or image root is refused. A re-run extracts new images and images whose
+    bytes changed; ``prune`` drops rows whose image file is gone. Bad images go to the failed list.
     With ``--weights none`` the calibration images are the first ``bn_images`` readable images of
-    the sorted full list, so a resumed run rebuilds exactly the same network.
+    the sorted full list, recorded with their sha256: a later run rebuilds the same network from them,
+    and refuses, naming them, when they changed.
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
+    out = Path(out)
+    ensure_writable(out)  # before any model is loaded
     listing = list_images(images, root)
+    state = read_state(out)
+    check_root(state, listing, out)
+    ids = listing.ids[:limit] if limit else listing.ids
+    plan = plan_run(listing, ids, state)
+    t0 = time.perf_counter()
+    drop = plan.gone if prune else []
+    if not plan.todo and not plan.bad_names:  # nothing to extract
+        check_options(state, model, weights, image_size)
+        if state.parts or drop:  # merge what an interrupted run committed, or prune: no model needed
+            ResumableWriter(out, state.config, state.dim, MATCH_KEYS).finalize(drop)
+        return _summary(out, listing, plan, 0, [], time.perf_counter() - t0, len(drop))
     bb = backbone or load_backbone(model, weights, device, image_size)
     if bb.needs_calibration:
-        calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
+        recorded = (state.config or {}).get("bn_calibration_ids")
+        if recorded:  # rebuild the network the stored rows came from
+            check_calibration(state.config, listing.root)
+        calibrate(bb, listing.root, recorded or calibration_ids(listing, bn_images, max_pixels), max_pixels)
     config = dict(bb.config, created=datetime.now(UTC).isoformat(timespec="seconds"),
                   image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels)
     writer = ResumableWriter(out, config, bb.dim, MATCH_KEYS)
-    ids = listing.ids[:limit] if limit else listing.ids
-    done = writer.done
-    todo = [i for i in ids if i not in done]
-    skipped = len(ids) - len(todo)
+    writer.redo(plan.changed + plan.retry)
+    if plan.bad_names:
+        writer.commit([], np.zeros((0, bb.dim), np.float32), plan.bad_names)
     t0 = time.perf_counter()
-    written, failed = _run(bb, listing.root, todo, writer, batch_size, workers, max_pixels, quiet, commit_seconds)
-    writer.finalize()
-    seconds = time.perf_counter() - t0
+    written, failed = _run(bb, listing.root, plan.todo, writer, batch_size, workers, max_pixels, quiet, commit_seconds)
+    writer.finalize(drop)
+    changed = len(set(plan.changed + plan.retry) - {i for i, _ in failed})
+    return _summary(out, listing, plan, written, failed + plan.bad_names, time.perf_counter() - t0, len(drop),
+                    changed)
+
+
+def _summary(out: Path, listing: ImageList, plan, written: int, failed: list, seconds: float, pruned: int,
+             changed: int = 0) -> ExtractSummary:
     ff = open_features(out)
-    return ExtractSummary(Path(out), bb.config["model"], bb.dim, len(ids), written, skipped, len(failed),
-                          listing.duplicates, len(ff), len(ff.failed), seconds, failed)
+    return ExtractSummary(out, ff.config.get("model", "?"), ff.dim, len(listing), written, plan.unchanged, len(failed),
+                          listing.duplicates, len(ff), len(ff.failed), seconds, failed, changed, pruned,
+                          0 if pruned else len(plan.gone))
 
 
 def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, batch_size: int, workers: int,
@@ -198,16 +238,17 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
     loader = _loader([root / i for i in todo], bb.image_size, max_pixels, batch_size, workers,
                      pin=bb.device.type == "cuda")
     written, failed = 0, []
-    pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]] = []
+    pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]], dict]] = []
     spent = {"waiting for images": 0.0, "forward": 0.0, "writing": 0.0}
     bar = tqdm(total=len(todo), unit="img", disable=quiet or not sys.stderr.isatty(), desc="extract")
     try:
         t = last_commit = time.perf_counter()
-        for good, xb, bad in loader:
+        for good, xb, bad, sources in loader:
             t = _lap(spent, "waiting for images", t)
             feats = bb.forward(bb.normalize(xb)).numpy() if xb is not None else np.zeros((0, bb.dim), np.float32)
             t = _lap(spent, "forward", t)
-            pending.append(([todo[i] for i in good], feats, [(todo[i], why) for i, why in bad]))
+            pending.append(([todo[i] for i in good], feats, [(todo[i], why) for i, why in bad],
+                            {todo[i]: src for i, src in sources.items()}))
             bar.update(len(good) + len(bad))
             if t - last_commit >= commit_seconds:
                 written, failed = _commit(writer, pending, written, failed)
@@ -227,9 +268,16 @@ def _commit(writer: ResumableWriter, pending: list, written: int,
     """Durably write the pending batches as one part; returns the updated (written, failed)."""
     if not pending:
         return written, failed
-    ids = [i for batch_ids, _, _ in pending for i in batch_ids]
-    bad = [pair for _, _, batch_bad in pending for pair in batch_bad]
-    writer.commit(ids, np.concatenate([f for _, f, _ in pending]), bad)
+    ids = [i for batch_ids, _, _, _ in pending for i in batch_ids]
+    bad = [pair for _, _, batch_bad, _ in pending for pair in batch_bad]
+    sources = {i: src for _, _, _, batch_sources in pending for i, src in batch_sources.items()}
+    feats = np.concatenate([f for _, f, _, _ in pending])
+    finite = np.isfinite(feats).all(axis=1)
+    if not finite.all():  # never stored: recorded as failed with the reason
+        bad = bad + [(ids[r], "the model gave NaN or inf features") for r in np.flatnonzero(~finite)]
+        ids = [ids[r] for r in np.flatnonzero(finite)]
+        feats = feats[finite]
+    writer.commit(ids, feats, bad, sources)
     for i, why in bad:
         log.info("failed: %s: %s", i, why)
     return written + len(ids), failed + bad
@@ -253,6 +301,7 @@ def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
                         f"{config.get('weights_sha256')!r}, found {bb.config['weights_sha256']!r} at "
                         f"{bb.config['weights_source']}")
     if config.get("bn_recalibrated") and bb.needs_calibration:
+        check_calibration(config, Path(config["bn_calibration_root"]))
         calibrate(bb, Path(config["bn_calibration_root"]), list(config["bn_calibration_ids"]),
                   config.get("max_pixels", DEFAULT_MAX_PIXELS))
         if bb.config["bn_calibration_sha"] != config.get("bn_calibration_sha"):

@@ -1,27 +1,36 @@
-"""HDF5 feature store: image ids, pooled features, failed images and the config that made them.
+"""HDF5 feature store: image ids, pooled features, where each row came from, failed images and the config.
 
-Layout of a feature file (readable with plain h5py)::
+Layout of a feature file (format 2, readable with plain h5py)::
 
-    /ids               (N,)    UTF-8 strings, the image path relative to the image root
-    /features          (N, D)  float32, chunked, resizable along N
-    /failed/ids        (F,)    UTF-8 strings, images that could not be used
-    /failed/reasons    (F,)    UTF-8 strings, one reason per failed image
-    attrs              config (JSON string) + each scalar config value as its own attr,
-                       format_version, count, dim, fingerprint
+    /ids                 (N,)    UTF-8 strings, the image path relative to the image root
+    /features            (N, D)  float32, chunked, resizable along N; every value finite
+    /sources/size        (N,)    int64, size in bytes of the source image when it was read (-1: unknown)
+    /sources/mtime_ns    (N,)    int64, its modification time in ns (-1: unknown)
+    /sources/sha256      (N,)    64-byte ASCII, sha256 of its bytes ("" : unknown)
+    /failed/ids          (F,)    UTF-8 strings, images that could not be used
+    /failed/reasons      (F,)    UTF-8 strings, one reason per failed image
+    /failed/size, /failed/mtime_ns, /failed/sha256   the same source record for each failed image
+    attrs                config (JSON string) + each scalar config value as its own attr,
+                         format_version, count, dim, ids_sha256, values_sha256, content_sha256, fingerprint
 
-Writes are atomic: a file is written under ``NAME.tmp`` and renamed into place, so a reader never sees
-half a file. Extraction appends through :class:`ResumableWriter`, which keeps committed batches as
-small part files (each renamed into place once complete) and merges them into the final file.
+``values_sha256`` hashes the float32 rows in order and ``ids_sha256`` the ids in order, both computed
+block by block while the file is written; ``content_sha256`` combines them with the shape, and
+``fingerprint`` (16 hex digits) combines the content hash with the config that made the features
+(model, weights and their sha256, preprocessing, ...; :func:`identity_config`). Opening a file checks the
+ids, config and attrs against each other (cheap: no feature value is read); :meth:`FeatureFile.verify`
+re-hashes the values too. Writes are atomic: a file is written under ``NAME.tmp`` and renamed into
+place, so a reader never sees half a file. Extraction appends through
+:class:`extract.parts.ResumableWriter`.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,19 +42,109 @@ from extract.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHUNK_ROWS = 256
+BLOCK_ROWS = 65536
+# Config keys that say where or when features were made, not what they are: left out of the fingerprint.
+IDENTITY_IGNORED = ("created", "torch", "torchvision", "images", "image_root", "bn_calibration_root", "max_pixels",
+                    "source_names", "source_vectors")
+NO_SOURCE = (-1, -1, "")
 _STR = h5py.string_dtype("utf-8")
+_SHA = np.dtype("S64")
+_SOURCE_FIELDS = ("size", "mtime_ns", "sha256")
+
+SourceStat = tuple[int, int, str]  # (size in bytes, mtime in ns, sha256 hex) of a source image
 
 
-def fingerprint(ids: Sequence[str], shape: tuple[int, ...]) -> str:
-    """Identity of a feature file's rows: sha256 of the ids in order and the matrix shape."""
-    h = hashlib.sha256()
-    h.update(json.dumps(list(shape)).encode())
-    for i in ids:
-        h.update(i.encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()[:16]
+def storable_id(image_id: str) -> str:
+    """``image_id`` as it can be stored in UTF-8: undecodable file-name bytes become ``\\xNN`` escapes."""
+    try:
+        image_id.encode("utf-8")
+        return image_id
+    except UnicodeEncodeError:
+        return os.fsencode(image_id).decode("utf-8", "backslashreplace")
+
+
+def identity_config(config: Mapping) -> dict:
+    """The part of an extraction config that defines the feature space (JSON types, volatile keys dropped)."""
+    plain = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+    return {k: v for k, v in plain.items() if k not in IDENTITY_IGNORED}
+
+
+class ContentHash:
+    """sha256 of a feature matrix's ids and float32 values, fed block by block in row order."""
+
+    def __init__(self, dim: int):
+        self.dim = int(dim)
+        self.n = 0
+        self._ids = hashlib.sha256()
+        self._values = hashlib.sha256()
+
+    def update(self, ids: Sequence[str], xb: np.ndarray) -> None:
+        if len(ids) != len(xb):
+            raise ValueError(f"{len(ids)} ids for {len(xb)} rows")
+        if len(ids):
+            self._ids.update(("\n".join(ids) + "\n").encode("utf-8"))
+            self._values.update(np.ascontiguousarray(xb, dtype="<f4").tobytes())
+        self.n += len(ids)
+
+    @property
+    def ids_sha256(self) -> str:
+        return self._ids.hexdigest()
+
+    @property
+    def values_sha256(self) -> str:
+        return self._values.hexdigest()
+
+    @property
+    def content_sha256(self) -> str:
+        return combine_content(self.n, self.dim, self.ids_sha256, self.values_sha256)
+
+
+def combine_content(n: int, dim: int, ids_sha256: str, values_sha256: str) -> str:
+    return hashlib.sha256(f"{n}x{dim}:{ids_sha256}:{values_sha256}".encode()).hexdigest()
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    return hashlib.sha256(("\n".join(ids) + "\n").encode("utf-8") if ids else b"").hexdigest()
+
+
+def fingerprint(content_sha256: str, config: Mapping) -> str:
+    """Identity of a feature file (16 hex digits): its content hash and the config that made it."""
+    cfg = json.dumps(identity_config(config), sort_keys=True)
+    return hashlib.sha256(f"{content_sha256}\n{cfg}".encode()).hexdigest()[:16]
+
+
+def fingerprint_arrays(ids: Sequence[str], xb: np.ndarray, config: Mapping | None = None) -> str:
+    """:func:`fingerprint` of an in-memory ``(n, d)`` matrix and its ids."""
+    h = ContentHash(xb.shape[1])
+    for start in range(0, len(ids), BLOCK_ROWS):
+        h.update(list(ids[start : start + BLOCK_ROWS]), xb[start : start + BLOCK_ROWS])
+    return fingerprint(h.content_sha256, config or {})
+
+
+def first_nonfinite(xb: np.ndarray) -> int | None:
+    """Row number of the first row of ``xb`` holding NaN or inf, or ``None``."""
+    bad = ~np.isfinite(xb).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def write_error(exc: OSError, path: str | os.PathLike, kept: str = "") -> UserError:
+    """A one-line :class:`UserError` for a failed write (disk full, read-only folder, ...)."""
+    code = exc.errno
+    text = str(exc)
+    if code is None and ("errno = 28" in text or "No space left" in text):
+        code = errno.ENOSPC
+    if code == errno.ENOSPC:
+        why = "the disk is full"
+        fix = "free some space and run the same command again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "the folder is not writable"
+        fix = "pass an output path in a writable folder"
+    else:
+        why = (exc.strerror or text.strip().splitlines()[-1] if text.strip() else type(exc).__name__)
+        fix = "check the output folder and run the same command again"
+    return UserError(f"cannot write {path}: {why}; {fix}" + (f" ({kept})" if kept else ""))
 
 
 @dataclass(frozen=True)
@@ -58,6 +157,9 @@ class FeatureFile:
     config: dict
     fingerprint: str
     failed: list[tuple[str, str]] = field(default_factory=list)
+    content_sha256: str = ""
+    values_sha256: str = ""
+    format_version: int = FORMAT_VERSION
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,7 +181,7 @@ class FeatureFile:
             out[order] = block[inverse]
             return out
 
-    def iter_blocks(self, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_blocks(self, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, (b, D) float32)`` blocks, so large files never sit whole in memory."""
         with h5py.File(self.path, "r") as f:
             ds = f["features"]
@@ -90,9 +192,70 @@ class FeatureFile:
         """Map id -> row number."""
         return {i: r for r, i in enumerate(self.ids)}
 
+    def sources(self) -> dict[str, SourceStat]:
+        """Source record ``id -> (size, mtime_ns, sha256)`` of every row and failed image (unknown: -1, -1, "")."""
+        with h5py.File(self.path, "r") as f:
+            out = dict(zip(self.ids, _read_sources(f, "sources", len(self.ids))))
+            out.update(zip((i for i, _ in self.failed), _read_sources(f, "failed", len(self.failed))))
+        return out
+
+    def load_verified(self) -> np.ndarray:
+        """All rows ``(N, D) float32`` after checking them: finite, and hashing to the recorded content.
+
+        A changed or damaged file is a :class:`UserError` naming it and how to re-create it.
+        """
+        out = np.empty((len(self), self.dim), np.float32)
+        self._scan(out)
+        return out
+
+    def verify(self) -> None:
+        """Re-hash every value and check it against the recorded hashes (see :meth:`load_verified`)."""
+        self._scan(None)
+
+    def _scan(self, out: np.ndarray | None) -> None:
+        try:
+            self._scan_blocks(out)
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise UserError(f"cannot read the features of {self.path} ({_one_line(exc)}); the file is damaged: "
+                            "re-create it with `cli.py extract`") from None
+
+    def _scan_blocks(self, out: np.ndarray | None) -> None:
+        h = ContentHash(self.dim)
+        for start, block in self.iter_blocks():
+            if out is not None:
+                out[start : start + len(block)] = block
+            h.update(self.ids[start : start + len(block)], block)
+            bad = first_nonfinite(block)
+            if bad is not None:
+                r = start + bad
+                raise UserError(f"{self.path} row {r} (id {self.ids[r]!r}) holds NaN or inf; re-extract the "
+                                "file with `cli.py extract` (it records such images as failed)")
+        if self.values_sha256 and h.values_sha256 != self.values_sha256:
+            raise UserError(f"the feature values of {self.path} changed after it was written (recorded values "
+                            f"sha256 {self.values_sha256[:16]}, the file now hashes to {h.values_sha256[:16]}); "
+                            "the file is damaged or was edited: re-create it with `cli.py extract`")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+def _read_sources(f: h5py.File, group: str, n: int) -> list[SourceStat]:
+    if f"{group}/sha256" not in f:
+        return [NO_SOURCE] * n
+    g = f[group]
+    shas = [s.decode("ascii") for s in g["sha256"][...]]
+    return list(zip(g["size"][...].tolist(), g["mtime_ns"][...].tolist(), shas))
+
 
 def open_features(path: str | os.PathLike) -> FeatureFile:
-    """Open and validate a feature file; a missing or malformed file is a :class:`UserError`."""
+    """Open and validate a feature file; a missing, malformed or inconsistent file is a :class:`UserError`.
+
+    The ids, the config and the recorded hashes must agree (no feature value is read: see
+    :meth:`FeatureFile.verify`). A format-1 file (fingerprint of ids and shape only) gets its content hash
+    computed here, with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"feature file {path} does not exist; create it with `cli.py extract` or `cli.py import-vectors`")
@@ -107,30 +270,96 @@ def open_features(path: str | os.PathLike) -> FeatureFile:
             if len(ids) != ds.shape[0]:
                 raise UserError(f"{path}: {len(ids)} ids but {ds.shape[0]} feature rows; the file is damaged, re-create it")
             config = json.loads(f.attrs.get("config", "{}"))
-            fp = f.attrs.get("fingerprint") or fingerprint(ids, ds.shape)
             failed = []
             if "failed" in f:
                 failed = list(zip(f["failed/ids"].asstr()[...], f["failed/reasons"].asstr()[...]))
-            return FeatureFile(path, ids, int(ds.shape[1]), config, str(fp), failed)
-    except OSError as exc:
-        raise UserError(f"cannot read {path} as HDF5 ({exc}); re-create it or pass another file") from None
+            attrs = {k: f.attrs.get(k) for k in ("ids_sha256", "values_sha256", "content_sha256", "fingerprint")}
+            version = int(f.attrs.get("format_version", 1))
+            dim = int(ds.shape[1])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} has a damaged config or id list ({exc}); re-create it") from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise UserError(f"cannot read {path} as a feature file ({_one_line(exc)}); the file is damaged or not "
+                        "HDF5: re-create it or pass another file") from None
+    if not attrs["values_sha256"]:  # format 1: hash it now
+        log.warning("%s is a format-1 feature file: hashing its content now (re-create it with `cli.py extract` "
+                    "to store the hash)", path)
+        h = ContentHash(dim)
+        ff = FeatureFile(path, ids, dim, config, "", failed)
+        for start, block in ff.iter_blocks():
+            h.update(ids[start : start + len(block)], block)
+        return FeatureFile(path, ids, dim, config, fingerprint(h.content_sha256, config), failed,
+                           h.content_sha256, h.values_sha256, version)
+    content = combine_content(len(ids), dim, ids_sha256(ids), str(attrs["values_sha256"]))
+    fp = fingerprint(content, config)
+    if content != attrs["content_sha256"] or fp != attrs["fingerprint"]:
+        raise UserError(f"{path} does not match its own record (ids, config or hashes were changed after it was "
+                        f"written: fingerprint {attrs['fingerprint']} recorded, {fp} now); re-create it with `cli.py extract`")
+    return FeatureFile(path, ids, dim, config, fp, failed, content, str(attrs["values_sha256"]), version)
 
 
-def _create_layout(f: h5py.File, dim: int, config: dict) -> None:
-    f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(CHUNK_ROWS * 16,))
-    f.create_dataset(
-        "features", shape=(0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(CHUNK_ROWS, dim)
-    )
-    g = f.create_group("failed")
-    g.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
-    g.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
-    f.attrs["format_version"] = FORMAT_VERSION
-    f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
-    for key, value in config.items():
-        for kind in (bool, int, float, str):  # plain types only (str subclasses such as TorchVersion too)
-            if isinstance(value, kind):
-                f.attrs[key] = kind(value)
-                break
+def _chunks(rows: int) -> int:
+    return max(1, min(CHUNK_ROWS, rows))
+
+
+class FeatureBuilder:
+    """Write a feature file's datasets into an open h5py file, hashing rows as they are appended.
+
+    Rows holding NaN or inf are never stored: they go to the failed list with the reason.
+    """
+
+    def __init__(self, f: h5py.File, dim: int, config: dict, rows: int = CHUNK_ROWS):
+        self.f, self.dim, self.config = f, int(dim), dict(config)
+        self.hash = ContentHash(dim)
+        chunk = _chunks(rows)
+        f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(chunk * 16,))
+        f.create_dataset("features", shape=(0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(chunk, dim))
+        for group in ("sources", "failed"):
+            g = f.require_group(group)
+            n = chunk * 16 if group == "sources" else 1024
+            g.create_dataset("size", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(n,))
+            g.create_dataset("mtime_ns", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(n,))
+            g.create_dataset("sha256", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(n,))
+        f["failed"].create_dataset("ids", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
+        f["failed"].create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
+        for key, value in self.config.items():
+            for kind in (bool, int, float, str):  # plain types only (str subclasses such as TorchVersion too)
+                if isinstance(value, kind):
+                    f.attrs[key] = kind(value)
+                    break
+
+    def add(self, ids: Sequence[str], xb: np.ndarray, sources: Sequence[SourceStat] | None = None) -> int:
+        """Append rows (non-finite ones go to the failed list); returns the number of rows stored."""
+        ids = [storable_id(i) for i in ids]
+        xb = np.asarray(xb, dtype=np.float32)
+        sources = list(sources) if sources is not None else [NO_SOURCE] * len(ids)
+        finite = np.isfinite(xb).all(axis=1) if len(ids) else np.ones(0, bool)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            self.add_failed([(ids[r], "the model gave NaN or inf features") for r in bad], [sources[r] for r in bad])
+            ids = [ids[r] for r in np.flatnonzero(finite)]
+            sources = [sources[r] for r in np.flatnonzero(finite)]
+            xb = xb[finite]
+        _append(self.f["ids"], ids)
+        _append(self.f["features"], xb)
+        _append_sources(self.f["sources"], sources)
+        self.hash.update(ids, xb)
+        return len(ids)
+
+    def add_failed(self, pairs: Sequence[tuple[str, str]], sources: Sequence[SourceStat] | None = None) -> None:
+        _append(self.f["failed/ids"], [storable_id(i) for i, _ in pairs])
+        _append(self.f["failed/reasons"], [r for _, r in pairs])
+        _append_sources(self.f["failed"], list(sources) if sources is not None else [NO_SOURCE] * len(pairs))
+
+    def seal(self) -> None:
+        """Record count, dim and the hashes in the attrs."""
+        a = self.f.attrs
+        a["count"], a["dim"] = self.hash.n, self.dim
+        a["ids_sha256"], a["values_sha256"] = self.hash.ids_sha256, self.hash.values_sha256
+        a["content_sha256"] = self.hash.content_sha256
+        a["fingerprint"] = fingerprint(self.hash.content_sha256, self.config)
 
 
 def _append(ds: h5py.Dataset, values) -> None:
@@ -142,12 +371,12 @@ def _append(ds: h5py.Dataset, values) -> None:
     ds[start : start + n] = values
 
 
-def _seal(f: h5py.File) -> None:
-    ids = list(f["ids"].asstr()[...])
-    shape = f["features"].shape
-    f.attrs["count"] = shape[0]
-    f.attrs["dim"] = shape[1]
-    f.attrs["fingerprint"] = fingerprint(ids, shape)
+def _append_sources(g: h5py.Group, sources: Sequence[SourceStat]) -> None:
+    if not sources:
+        return
+    _append(g["size"], np.array([s[0] for s in sources], np.int64))
+    _append(g["mtime_ns"], np.array([s[1] for s in sources], np.int64))
+    _append(g["sha256"], np.array([s[2].encode("ascii") for s in sources], _SHA))
 
 
 def write_features(
@@ -156,139 +385,25 @@ def write_features(
     xb: np.ndarray,
     config: dict,
     failed: Sequence[tuple[str, str]] = (),
+    sources: Sequence[SourceStat] | None = None,
 ) -> Path:
-    """Write a complete feature file atomically. ``xb`` is ``(N, D)``, stored as float32."""
-    xb = np.asarray(xb)
+    """Write a complete feature file atomically. ``xb`` is ``(N, D)``, stored as float32 in blocks.
+
+    Rows with NaN or inf are recorded as failed instead of stored.
+    """
     if xb.ndim != 2 or xb.shape[0] != len(ids):
         raise ValueError(f"features shape {xb.shape} does not match {len(ids)} ids")
     if len(set(ids)) != len(ids):
         raise UserError(f"{len(ids) - len(set(ids))} duplicate ids; ids must be unique")
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        _create_layout(f, xb.shape[1], config)
-        _append(f["ids"], list(ids))
-        for start in range(0, xb.shape[0], 65536):
-            _append(f["features"], xb[start : start + 65536].astype(np.float32, copy=False))
-        _append(f["failed/ids"], [i for i, _ in failed])
-        _append(f["failed/reasons"], [r for _, r in failed])
-        _seal(f)
+    try:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            b = FeatureBuilder(f, xb.shape[1], config, len(ids))
+            for start in range(0, xb.shape[0], BLOCK_ROWS):
+                b.add(list(ids[start : start + BLOCK_ROWS]), xb[start : start + BLOCK_ROWS],
+                      None if sources is None else sources[start : start + BLOCK_ROWS])
+            b.add_failed(list(failed))
+            b.seal()
+    except OSError as exc:
+        raise write_error(exc, path) from None
     return path
-
-
-class ResumableWriter:
-    """Append batches to a feature file so that a killed run loses nothing it reported written.
-
-    Each committed batch is a part file ``OUT.parts/part-NNNNNN.h5`` (written whole, fsynced, renamed
-    into place); :meth:`finalize` merges the existing ``OUT`` (if any) and all parts into a new ``OUT``
-    atomically, then removes the parts. A kill at any point leaves either the old complete file plus
-    complete parts, or the new complete file; leftover ``.tmp`` files are discarded on the next start.
-
-    ``match_keys`` are the config keys that must agree with an existing file or unfinished run
-    (model, weights, image size, ...): resuming with different ones is refused.
-    """
-
-    def __init__(self, out: str | os.PathLike, config: dict, dim: int, match_keys: Sequence[str] = ()):
-        self.out = Path(out)
-        self.parts_dir = self.out.with_name(self.out.name + ".parts")
-        self.config = dict(config)
-        self.dim = dim
-        self.match_keys = tuple(match_keys)
-        self._done: set[str] = set()
-        self._failed_done: set[str] = set()
-        self._next_part = 0
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.with_name(self.out.name + ".tmp").unlink(missing_ok=True)
-        if self.out.exists():
-            existing = open_features(self.out)
-            self._check_config(existing.config, str(self.out), existing.dim)
-            self._done.update(existing.ids)
-            self._failed_done.update(i for i, _ in existing.failed)
-        if self.parts_dir.exists():
-            self._load_parts()
-        else:
-            self.parts_dir.mkdir()
-        with atomic_path(self.parts_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(self.config, sort_keys=True, default=str, indent=1))
-
-    def _check_config(self, other: dict, where: str, dim: int) -> None:
-        if dim != self.dim:
-            raise UserError(f"{where} holds {dim}-d features but this run makes {self.dim}-d ones; pass another output file")
-        for key in self.match_keys:
-            if key in other and other.get(key) != self.config.get(key):
-                raise UserError(
-                    f"{where} was made with {key}={other.get(key)!r} but this run has {key}={self.config.get(key)!r}; "
-                    "use the same options to resume, or pass another output file"
-                )
-
-    def _part_paths(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.h5"))
-
-    def _load_parts(self) -> None:
-        for tmp in self.parts_dir.glob("*.tmp"):
-            tmp.unlink()
-        cfg_path = self.parts_dir / "config.json"
-        if cfg_path.exists():
-            self._check_config(json.loads(cfg_path.read_text()), str(self.parts_dir), self.dim)
-        for part in self._part_paths():
-            with h5py.File(part, "r") as f:
-                self._done.update(f["ids"].asstr()[...])
-                self._failed_done.update(f["failed/ids"].asstr()[...])
-            self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
-
-    @property
-    def done(self) -> set[str]:
-        """Ids already written or already recorded as failed (by this run or an earlier one)."""
-        return self._done | self._failed_done
-
-    @property
-    def written(self) -> int:
-        return len(self._done)
-
-    def commit(self, ids: Sequence[str], xb: np.ndarray, failed: Sequence[tuple[str, str]] = ()) -> None:
-        """Durably add a batch. When this returns, the batch survives a kill of the process."""
-        keep = [r for r, i in enumerate(ids) if i not in self._done]
-        ids = [ids[r] for r in keep]
-        xb = np.asarray(xb, dtype=np.float32)[keep] if len(keep) else np.zeros((0, self.dim), np.float32)
-        failed = [(i, why) for i, why in failed if i not in self._done and i not in self._failed_done]
-        if not ids and not failed:
-            return
-        part = self.parts_dir / f"part-{self._next_part:06d}.h5"
-        with atomic_path(part) as tmp, h5py.File(tmp, "w") as f:
-            _create_layout(f, self.dim, {})
-            _append(f["ids"], ids)
-            _append(f["features"], xb)
-            _append(f["failed/ids"], [i for i, _ in failed])
-            _append(f["failed/reasons"], [r for _, r in failed])
-        self._next_part += 1
-        self._done.update(ids)
-        self._failed_done.update(i for i, _ in failed)
-
-    def finalize(self) -> Path:
-        """Merge the existing file and all parts into ``out`` (atomically) and remove the parts."""
-        if self.out.exists() and not self._part_paths():  # nothing new: keep the file as it is
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
-            return self.out
-        sources = ([self.out] if self.out.exists() else []) + self._part_paths()
-        seen: set[str] = set()
-        seen_failed: set[str] = set()
-        with atomic_path(self.out) as tmp, h5py.File(tmp, "w") as dst:
-            _create_layout(dst, self.dim, self.config)
-            for src_path in sources:
-                with h5py.File(src_path, "r") as src:
-                    ids = list(src["ids"].asstr()[...])
-                    keep = np.array([i not in seen for i in ids], dtype=bool)
-                    for start in range(0, len(ids), 65536):
-                        rows = keep[start : start + 65536]
-                        block = src["features"][start : start + 65536]
-                        _append(dst["features"], block[rows])
-                    _append(dst["ids"], [i for i, k in zip(ids, keep) if k])
-                    seen.update(ids)
-                    fids = list(src["failed/ids"].asstr()[...])
-                    freasons = list(src["failed/reasons"].asstr()[...])
-                    pairs = [(i, r) for i, r in zip(fids, freasons) if i not in seen_failed and i not in seen]
-                    _append(dst["failed/ids"], [i for i, _ in pairs])
-                    _append(dst["failed/reasons"], [r for _, r in pairs])
-                    seen_failed.update(fids)
-            _seal(dst)
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
-        return self.out

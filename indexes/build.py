@@ -32,7 +32,7 @@ import numpy as np
 
 from extract.core.arrays import normalize_rows
 from extract.core.errors import UserError
-from extract.store import FeatureFile, fingerprint, open_features
+from extract.store import FeatureFile, fingerprint_arrays, open_features
 from indexes.io import read_sidecar, save_index
 from indexes.params import set_search_params, tunable_parameter
 
@@ -140,7 +140,7 @@ class ArrayFeatures:
         self.dim = int(self.xb.shape[1])
         self.config = config or {}
         self.path = name
-        self.fingerprint = fingerprint(self.ids, self.xb.shape)
+        self.fingerprint = fingerprint_arrays(self.ids, self.xb, self.config)
 
     def __len__(self) -> int:
         return len(self.xb)

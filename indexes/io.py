@@ -1,7 +1,7 @@
 """Save and load an index directory: ``index.faiss`` plus the ``index.json`` sidecar that says how it was made.
 
 The sidecar records the factory string, metric, normalisation, N, d, build time, default search
-parameters, and the feature file's path, fingerprint (ids + shape) and extraction config. Loading
+parameters, and the feature file's path, fingerprint (content + config) and extraction config. Loading
 checks the index against its sidecar, against the feature file (same fingerprint) and against the query
 model (same dimension and extraction model), and refuses a mismatch naming both values.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extract.core.errors import UserError
+from extract.compat import FeatureIdentity, check_same_file, check_same_space
 from extract.core.files import atomic_path
 from indexes.params import set_search_params
 
@@ -115,48 +116,28 @@ def load_index(index_dir: str | os.PathLike, mmap: bool = True) -> LoadedIndex:
 
 def check_features(meta: dict, fingerprint: str, path: str | os.PathLike) -> None:
     """Refuse a feature file whose fingerprint differs from the one the index was built from."""
-    built = meta["features"]["fingerprint"]
-    if fingerprint != built:
-        raise UserError(
-            f"the index was built from features with fingerprint {built} ({meta['features']['path']}) "
-            f"but {path} has fingerprint {fingerprint}; rebuild the index or pass the matching feature file"
-        )
-
-
-def _lookup(cfg: dict, *keys: str):
-    """First value found under any of ``keys``, also looking one level down in nested dicts."""
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    for value in cfg.values():
-        if isinstance(value, dict):
-            found = _lookup(value, *keys)
-            if found is not None:
-                return found
-    return None
+    other = {"path": str(path), "fingerprint": fingerprint}
+    check_same_file(meta["features"], other, "the index",
+                    f"rebuild the index with `cli.py index build {path} INDEX_DIR`, or pass the matching feature file")
 
 
 def check_query_model(meta: dict, model_config: dict, dim: int | None = None, what: str = "the query model") -> None:
-    """Refuse a query encoder whose output dimension or image model differs from the index.
+    """Refuse a query encoder whose output dimension, image model, weights or preprocessing differ from the index.
 
-    ``model_config`` is the encoder's config; its dimension is ``dim`` or a ``feature_dim``-like key, its
-    image model a ``features_model``-like key. A different feature-file fingerprint (a regressor trained on
-    other images of the same model) gets a warning, not a refusal: the vectors still live in the same space.
+    ``model_config`` is the encoder's config (its training features as recorded by :mod:`extract.compat`);
+    ``dim`` overrides the dimension it records. A different feature file of the same space (a regressor
+    trained on other images of the same backbone) is fine.
     """
-    dim = dim if dim is not None else _lookup(model_config, "feature_dim", "image_dim", "out_dim", "target_dim", "dim")
+    made_from = FeatureIdentity.from_model_config(model_config)
+    if dim is None and made_from is not None:
+        dim = made_from.dim
     if dim is not None and int(dim) != int(meta["d"]):
         raise UserError(f"{what} outputs {dim}-d vectors but the index holds {meta['d']}-d ones; "
                         "use a model trained on the same image features, or rebuild the index")
-    model = _lookup(model_config, "features_model", "image_model", "backbone")
-    built_model = meta["features"].get("model")
-    if model is not None and built_model is not None and str(model) != str(built_model):
-        raise UserError(f"{what} was trained on {model} image features but the index holds {built_model} features; "
-                        "use a matching model or rebuild the index")
+    if made_from is not None:
+        check_same_space(made_from, meta["features"], f"{what} was trained on", "the index",
+                         "use a model trained on features of the same backbone, or rebuild the index from such features")
     metric = model_config.get("metric")
     if metric is not None and metric != meta["metric"]:
         raise UserError(f"{what} is meant to be compared by {metric} but the index uses {meta['metric']}; "
                         f"rebuild the index with --metric {metric}")
-    fp = _lookup(model_config, "features_fingerprint", "feature_fingerprint")
-    if fp is not None and fp != meta["features"]["fingerprint"]:
-        log.warning("%s was trained on features %s but the index holds features %s (same model; searching anyway)",
-                    what, fp, meta["features"]["fingerprint"])

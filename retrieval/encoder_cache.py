@@ -85,7 +85,7 @@ def _discard(path: Path) -> None:
 
 
 def _writer(path: Path, encoder: Encoder):
-    from extract.store import ResumableWriter
+    from extract.parts import ResumableWriter
 
     config = _cache_config(encoder)
     keys = ("kind", "encoder", "encoder_fingerprint")

@@ -3,7 +3,9 @@
 Each epoch trains over shuffled batches of the ``train`` split, then ranks every other split's images
 for each of its captions (:mod:`retrieval.metrics`) and logs loss, mean rank, recall@1/5/10, MRR and the
 rank histogram per split to an optional tensorboardX writer. The checkpoint with the best validation
-MRR is kept (:mod:`retrieval.checkpoint`); training stops after ``patience`` epochs without improvement.
+MRR is kept in memory and written (atomically, :mod:`retrieval.checkpoint`) once training has finished, so a
+run that is killed or fails leaves an earlier checkpoint at ``out`` as it was; training stops after
+``patience`` epochs without improvement.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from extract.core.arrays import normalize_rows
 from extract.core.devices import resolve_device
+from extract.compat import FeatureIdentity
 from extract.core.errors import UserError
 from extract.store import open_features
 from retrieval.checkpoint import save_checkpoint
@@ -145,6 +148,7 @@ def _train(
     writer=None,
     quiet: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    allow_pickle: bool = False,
 ) -> TrainResult:
     """Train ``config`` on the ``train`` split of ``captions`` against ``features``; write the best checkpoint to ``out``."""
     t0 = time.perf_counter()
@@ -153,17 +157,20 @@ def _train(
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
     ff = open_features(features)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write {out}: the folder is not writable; pass --out in a writable folder")
     splits = load_splits(captions, ff.ids)
     if "train" not in splits or not splits["train"].texts:
         raise UserError(f"no usable 'train' split among {', '.join(sorted(splits)) or 'the caption sources'}")
     val = _pick_val(splits, val_split)
-    xb = ff.load()
+    xb = ff.load_verified()  # finite, and the values the file records
     train_split = splits["train"]
     wv = None
     if config.descriptor not in ("tfidf", *ENCODER_KINDS):
         if vectors is None:
             raise UserError(f"descriptor {config.descriptor!r} needs word vectors: pass --vectors (make them with `cli.py vectors train`)")
-        wv = prepare_vectors(vectors, out.parent, vectors_limit)
+        wv = prepare_vectors(vectors, out.parent, vectors_limit, allow_pickle=allow_pickle)
     descriptor = make_descriptor(config.descriptor, wv, fold_accents=config.fold_accents, max_len=config.max_len,
                                  ngrams=config.tfidf_ngrams, max_features=config.tfidf_max_features,
                                  cache_path=encoder_cache or out.with_name(f"{config.descriptor}-cache.h5"))
@@ -184,11 +191,12 @@ def _train(
         "regressor_config": regressor_config(config.regressor, model), "loss": config.loss,
         "target_norm": config.target_norm, "metric": config.metric, "feature_dim": ff.dim,
         "features_path": str(ff.path), "features_model": ff.config.get("model"), "features_fingerprint": ff.fingerprint,
+        "features": FeatureIdentity.of(ff).record(),
         "vectors_path": str(wv.path.resolve()) if wv else None, "vectors_fingerprint": wv.fingerprint if wv else None,
         "val_split": val, "train": config.to_dict(),
     }
     history: list[dict] = []
-    best_mrr, best_epoch, best, stale = -1.0, 0, {}, 0
+    best_mrr, best_epoch, best, stale, best_arrays = -1.0, 0, {}, 0, {}
     n = train_split.gt.size
     for epoch in range(1, config.epochs + 1):
         te = time.perf_counter()
@@ -228,10 +236,7 @@ def _train(
         record["best"] = improved
         if improved:
             best_mrr, best_epoch, best, stale = score, epoch, record["splits"], 0
-            arrays = {f"weights/{k}": v for k, v in state_to_numpy(model).items()}
-            arrays.update({f"descriptor/{k}": v for k, v in descriptor.state().items()})
-            arrays.update(targets.arrays())
-            save_checkpoint(out, arrays, {**base_config, "best_epoch": epoch, "best": best}, history)
+            best_arrays = {f"weights/{k}": v.copy() for k, v in state_to_numpy(model).items()}
         else:
             stale += 1
         if on_epoch is not None:
@@ -239,7 +244,8 @@ def _train(
         if stale >= config.patience:
             log.info("early stop after %d epochs without a better %s MRR", stale, val)
             break
-    _rewrite_history(out, history)
+    arrays = {**best_arrays, **{f"descriptor/{k}": v for k, v in descriptor.state().items()}, **targets.arrays()}
+    save_checkpoint(out, arrays, {**base_config, "best_epoch": best_epoch, "best": best}, history)
     return TrainResult(out, best_epoch, best, history, time.perf_counter() - t0, encode_seconds)
 
 
@@ -249,14 +255,6 @@ def _log_split(writer, name: str, epoch: int, m: dict, r: np.ndarray) -> None:
     for key in ("recall@1", "recall@5", "recall@10", "mrr"):
         writer.add_scalar(f"{name}/{key}", m[key], epoch)
     writer.add_histogram(f"{name}/rank_histogram", r, epoch)
-
-
-def _rewrite_history(out: Path, history: list[dict]) -> None:
-    """Store the full history (including epochs after the best one) in the best checkpoint."""
-    from retrieval.checkpoint import read_checkpoint
-
-    arrays, config, _ = read_checkpoint(out)
-    save_checkpoint(out, arrays, config, history)
 
 
 def summary_line(record: dict) -> str:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from extract.core.errors import UserError
-from extract.store import ResumableWriter, fingerprint, open_features, write_features
+from extract.parts import ResumableWriter
+from extract.store import open_features, write_features
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -19,7 +20,7 @@ def test_round_trip_is_exact(tmp_path):
     assert ff.failed == [("bad.jpg", "truncated JPEG")]
     assert ff.load().tobytes() == xb.tobytes()
     assert np.array_equal(ff.load([5, 2, 5]), xb[[5, 2, 5]])
-    assert ff.fingerprint == fingerprint(ids, (37, 8))
+    assert len(ff.fingerprint) == 16 and ff.content_sha256
     with h5py.File(path, "r") as f:  # plain h5py can read it
         assert f.attrs["model"] == "resnet152"
         assert f["features"].dtype == np.float32
@@ -92,3 +93,148 @@ def test_config_attrs_accept_str_subclasses(tmp_path):
     write_features(tmp_path / "f.h5", ["a"], np.zeros((1, 2), np.float32), {"torch": Version("2.4.0+cpu"), "n": 3})
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert f.attrs["torch"] == "2.4.0+cpu" and f.attrs["n"] == 3
+
+
+def _fp(tmp_path, name, ids, xb, cfg):
+    return open_features(write_features(tmp_path / name, ids, xb, cfg)).fingerprint
+
+
+def test_fingerprint_covers_values_order_and_config(tmp_path):
+    """Same ids and shape but other values, shuffled rows or another backbone: another fingerprint."""
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((20, 6)).astype(np.float32)
+    ids = [f"{i:05d}.jpg" for i in range(20)]
+    cfg = {"model": "resnet18", "weights": "imagenet", "weights_sha256": "aa" * 32, "created": "2024-01-01"}
+    base = _fp(tmp_path, "a.h5", ids, xb, cfg)
+    assert _fp(tmp_path, "same.h5", ids, xb.copy(), dict(cfg, created="2025-02-02")) == base  # when: not identity
+    other_values = xb.copy()
+    other_values[7, 2] += 1e-3
+    perm = rng.permutation(20)
+    fps = {
+        "values": _fp(tmp_path, "b.h5", ids, other_values, cfg),
+        "shuffled rows": _fp(tmp_path, "c.h5", ids, xb[perm], cfg),
+        "shuffled ids": _fp(tmp_path, "d.h5", [ids[p] for p in perm], xb, cfg),
+        "model": _fp(tmp_path, "e.h5", ids, xb, dict(cfg, model="resnet34")),
+        "weights": _fp(tmp_path, "f.h5", ids, xb, dict(cfg, weights_sha256="bb" * 32)),
+    }
+    assert all(fp != base for fp in fps.values()), fps
+    assert len(set(fps.values())) == len(fps)
+
+
+def test_values_changed_after_writing_are_detected_by_verify(tmp_path):
+    xb = np.arange(40 * 4, dtype=np.float32).reshape(40, 4)
+    path = write_features(tmp_path / "f.h5", [str(i) for i in range(40)], xb, {"model": "m"})
+    open_features(path).verify()  # intact
+    with h5py.File(path, "r+") as f:
+        f["features"][13, 1] = -5.0
+    ff = open_features(path)  # cheap open: attrs agree with ids and config
+    with pytest.raises(UserError, match=r"feature values of .*f.h5 changed after it was written"):
+        ff.verify()
+    with pytest.raises(UserError, match="changed after it was written"):
+        ff.load_verified()
+
+
+def test_ids_or_config_edited_after_writing_are_refused_at_open(tmp_path):
+    xb = np.ones((3, 2), np.float32)
+    path = write_features(tmp_path / "f.h5", ["a", "b", "c"], xb, {"model": "resnet18"})
+    with h5py.File(path, "r+") as f:
+        f["ids"][1] = "z"
+    with pytest.raises(UserError, match="does not match its own record"):
+        open_features(path)
+    path = write_features(tmp_path / "g.h5", ["a", "b", "c"], xb, {"model": "resnet18"})
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = '{"model": "resnet34"}'
+    with pytest.raises(UserError, match="does not match its own record"):
+        open_features(path)
+
+
+def test_flipped_bytes_in_a_feature_file_never_pass_silently(tmp_path):
+    """Flip one byte at many offsets: each copy is refused at open or by verify, or is byte-identical in content."""
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((64, 16)).astype(np.float32)
+    path = write_features(tmp_path / "f.h5", [f"{i}.jpg" for i in range(64)], xb, {"model": "m"})
+    data = bytearray(path.read_bytes())
+    silent = []
+    for k, off in enumerate(range(0, len(data), max(1, len(data) // 150))):
+        bad = bytearray(data)
+        bad[off] ^= 0xFF
+        p = tmp_path / f"flip{k}.h5"
+        p.write_bytes(bytes(bad))
+        try:
+            ff = open_features(p)
+            got = ff.load_verified()
+        except UserError:
+            continue
+        if not (np.array_equal(got, xb) and ff.ids == [f"{i}.jpg" for i in range(64)]):
+            silent.append(off)
+    assert not silent, f"corruption at offsets {silent} was not detected"
+
+
+def test_non_finite_rows_are_recorded_as_failed_never_stored(tmp_path):
+    xb = np.ones((4, 3), np.float32)
+    xb[1, 0] = np.nan
+    xb[3, 2] = np.inf
+    ff = open_features(write_features(tmp_path / "f.h5", ["a", "b", "c", "d"], xb, {}))
+    assert ff.ids == ["a", "c"] and np.isfinite(ff.load()).all()
+    assert [i for i, _ in ff.failed] == ["b", "d"] and "NaN or inf" in ff.failed[0][1]
+    w = ResumableWriter(tmp_path / "g.h5", {}, 3)
+    w.commit(["x", "y"], np.array([[1, 2, 3], [np.nan, 0, 0]], np.float32))
+    g = open_features(w.finalize())
+    assert g.ids == ["x"] and g.failed[0][0] == "y"
+
+
+def test_a_file_with_nan_written_by_hand_is_refused_naming_the_row(tmp_path):
+    path = write_features(tmp_path / "f.h5", ["a", "b", "c"], np.ones((3, 2), np.float32), {})
+    with h5py.File(path, "r+") as f:
+        f["features"][2, 1] = np.nan
+    with pytest.raises(UserError, match=r"f.h5 row 2 \(id 'c'\) holds NaN or inf"):
+        open_features(path).load_verified()
+
+
+def test_changed_rows_replace_old_ones_and_prune_drops(tmp_path):
+    out = tmp_path / "f.h5"
+    w = ResumableWriter(out, {"model": "m"}, 2)
+    w.commit(["a", "b", "c"], np.array([[1, 1], [2, 2], [3, 3]], np.float32), sources={"b": (5, 6, "ab" * 32)})
+    w.finalize()
+    w = ResumableWriter(out, {"model": "m"}, 2)
+    w.redo(["b"])
+    w.commit(["b", "d"], np.array([[20, 20], [4, 4]], np.float32), sources={"b": (7, 8, "cd" * 32)})
+    w.finalize(drop=["c"])
+    ff = open_features(out)
+    assert ff.ids == ["a", "b", "d"]
+    assert np.array_equal(ff.load(), np.array([[1, 1], [20, 20], [4, 4]], np.float32))
+    assert ff.sources()["b"] == (7, 8, "cd" * 32) and ff.sources()["a"] == (-1, -1, "")
+
+
+def test_part_chunks_are_sized_to_the_part(tmp_path):
+    w = ResumableWriter(tmp_path / "f.h5", {}, 512)
+    w.commit(["a", "b"], np.ones((2, 512), np.float32))
+    part = next((tmp_path / "f.h5.parts").glob("part-*.h5"))
+    with h5py.File(part, "r") as f:
+        assert f["features"].chunks == (2, 512)
+    assert part.stat().st_size < 64 * 1024  # 4 KB of data, not a 512 KB chunk
+
+
+def test_disk_full_while_committing_is_one_line_and_keeps_parts(tmp_path, monkeypatch):
+    import errno
+
+    import extract.store as store
+
+    out = tmp_path / "f.h5"
+    w = ResumableWriter(out, {}, 2)
+    w.commit(["a"], np.ones((1, 2), np.float32))
+    real = store._append
+
+    def full(ds, values):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_append", full)
+    with pytest.raises(UserError, match=r"cannot write .*part-000001.h5: the disk is full; free some space") as err:
+        w.commit(["b"], np.ones((1, 2), np.float32))
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(store, "_append", real)
+    assert not list((tmp_path / "f.h5.parts").glob("*.tmp"))
+    w = ResumableWriter(out, {}, 2)  # a later run continues from the committed part
+    assert w.done == {"a"}
+    w.commit(["b"], np.ones((1, 2), np.float32))
+    assert open_features(w.finalize()).ids == ["a", "b"]

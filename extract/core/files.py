@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def ensure_writable(path: str | os.PathLike) -> None:
+    """Check that files can be written beside ``path`` (its folder is created when missing).
+
+    Raises :class:`~extract.core.errors.UserError` naming the folder, before any slow work starts.
+    """
+    from extract.core.errors import UserError
+
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: folder {folder} is not writable ({exc.strerror or exc}); "
+                        "pass a path in a writable folder") from None
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

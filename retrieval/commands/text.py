@@ -19,11 +19,13 @@ def vectors() -> None:
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="Keep only the first N (most frequent) words.")
-def vectors_convert(src: str, out: str, limit: int | None) -> None:
-    """Convert word vectors (.vec/.txt word2vec or GloVe, .bin word2vec or FastText, .kv) to OUT.kv."""
+@click.option("--allow-pickle", is_flag=True,
+              help="Let a gensim native .kv (a pickle: loading it runs code from the file) be read. Trusted files only.")
+def vectors_convert(src: str, out: str, limit: int | None, allow_pickle: bool) -> None:
+    """Convert word vectors (.vec/.txt word2vec or GloVe, .bin word2vec or FastText, exported .kv) to OUT.kv."""
     from retrieval.text import convert_vectors, open_vectors
 
-    wv = open_vectors(convert_vectors(src, out, limit=limit))
+    wv = open_vectors(convert_vectors(src, out, limit=limit, allow_pickle=allow_pickle))
     click.echo(f"wrote {out}: {len(wv)} words x {wv.dim} dims, fingerprint {wv.fingerprint}"
                + (", subword vectors for unknown words" if wv.subword else ""))
 
@@ -73,6 +75,8 @@ def _train_options(f):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (1 is fastest on a busy machine)."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Let --vectors be a gensim native .kv pickle (loading it runs code from the file). Trusted files only."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -96,7 +100,8 @@ def _base_config(kw: dict, **more):
 @click.option("--val-split", help="Split that picks the best epoch [val, else the first non-train split].")
 @click.option("--out", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
               show_default="workspace/text-encoder.npz")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True, help="tensorboardX log folder.")
+@click.option("--runs-dir", type=click.Path(file_okay=False),
+              help="tensorboardX log folder [runs/ next to --out, i.e. workspace/runs by default].")
 @click.option("--no-tensorboard", is_flag=True, help="Do not write a tensorboardX run.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -112,12 +117,12 @@ def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_
     if not no_tensorboard:
         from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(logdir=str(Path(runs_dir) / run_name(config)))
+        writer = SummaryWriter(logdir=str(Path(runs_dir or Path(out).parent / "runs") / run_name(config)))
     echo = None if quiet or as_json else (lambda record: click.echo(summary_line(record)))
     try:
         result = train(config, kw["features"], kw["captions"] or [str(workspace_path("demo"))], out, vectors=kw["vectors"],
                        vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo,
-                       threads=kw["threads"])
+                       threads=kw["threads"], allow_pickle=kw["allow_pickle"])
     finally:
         if writer is not None:
             writer.close()

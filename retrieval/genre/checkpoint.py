@@ -69,21 +69,14 @@ class GenreClassifier:
         return top_k(probs, k) if k else apply_thresholds(probs, self.thresholds)
 
     def check_features(self, info: dict) -> None:
-        """Refuse poster features from another backbone or of another dimension, naming both."""
-        # the config keys a resumed extraction must agree on
-        from extract.features import MATCH_KEYS
+        """Refuse poster features of another dimension, backbone, weights or preprocessing, naming both."""
+        from extract.compat import check_same_space
 
         if not self.uses_poster or self.features is None:
             return
-        mine = self.features
-        if info["dim"] != mine["dim"]:
-            raise UserError(f"{info['path']} holds {info['dim']}-d features but the model was trained on {mine['dim']}-d ones from {mine['path']}")
-        for key in MATCH_KEYS:
-            a, b = mine["config"].get(key), info["config"].get(key)
-            if a is not None and b is not None and a != b:
-                raise UserError(f"{info['path']} was made with {key}={b!r} but the model was trained on {key}={a!r}; use matching features")
-        if info["fingerprint"] != mine["fingerprint"]:
-            log.info("feature file %s differs from the training one (%s)", info["path"], mine["path"])
+        check_same_space(self.features, info, "the genre model was trained on", str(info["path"]),
+                         "use poster features made like the training ones, or retrain with "
+                         f"`cli.py genres train --features {info['path']}`")
 
     def save(self, path: str | os.PathLike) -> Path:
         import torch
