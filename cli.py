@@ -33,7 +33,7 @@ def benchmark() -> None:
     """Benchmarks that print figures (speed as a ratio to a baseline measured in the same run)."""
 
 
-for command in (images.demo_data, images.extract, images.import_vectors_cmd, text.vectors, text.train_cmd,
+for command in (images.demo_data, images.extract, images.verify_features, images.import_vectors_cmd, text.vectors, text.train_cmd,
                 text.evaluate_cmd, search.index, search.search_cmd, genres.genres):
     cli.add_command(command)
 for command in (images.benchmark_extract_cmd, text.benchmark_retrieval, text.benchmark_encode, search.benchmark_search):

@@ -26,8 +26,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from extract.backbone import Backbone, load_backbone
-from extract.collection import (calibration_files, check_calibration, check_options, check_root, plan_run,
-                                source_stat)
+from extract.collection import (
+    calibration_files,
+    check_calibration,
+    check_options,
+    check_root,
+    plan_run,
+    source_stat,
+)
 from extract.core.errors import UserError
 from extract.core.files import ensure_writable
 from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image

@@ -25,8 +25,16 @@ import numpy as np
 
 from extract.core.errors import UserError
 from extract.core.files import atomic_path
-from extract.store import (BLOCK_ROWS, NO_SOURCE, FeatureBuilder, SourceStat, _read_sources, open_features,
-                           storable_id, write_error)
+from extract.store import (
+    BLOCK_ROWS,
+    NO_SOURCE,
+    FeatureBuilder,
+    SourceStat,
+    _read_sources,
+    open_features,
+    storable_id,
+    write_error,
+)
 
 log = logging.getLogger(__name__)
 

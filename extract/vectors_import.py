@@ -53,7 +53,7 @@ def import_vectors(names_path: str | os.PathLike, vectors_path: str | os.PathLik
     xb = np.memmap(vectors_path, dtype="<f4", mode="r", shape=(len(names), dim))
     bad = sum(int(np.count_nonzero(~np.isfinite(xb[s : s + _BLOCK]).all(axis=1))) for s in range(0, len(xb), _BLOCK))
     if bad:
-        log.warning("%d of %d imported rows contain NaN or inf", bad, len(names))
+        log.warning("%d of %d imported rows contain NaN or inf: they are listed as failed, not stored", bad, len(names))
     config = {
         "model": "imported",
         "weights": "imported",

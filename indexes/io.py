@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.core.errors import UserError
 from extract.compat import FeatureIdentity, check_same_file, check_same_space
+from extract.core.errors import UserError
 from extract.core.files import atomic_path
 from indexes.params import set_search_params
 

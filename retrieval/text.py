@@ -283,7 +283,9 @@ class WordVectors:
         if not self.subword or self.ngrams is None:
             return None
         if word not in self._oov_cache:
-            from gensim.models.fasttext import ft_ngram_hashes  # the hashes only; vectors come from ngrams.npy
+            from gensim.models.fasttext import (
+                ft_ngram_hashes,  # the hashes only; vectors come from ngrams.npy
+            )
 
             hashes = ft_ngram_hashes(word, self.min_n, self.max_n, int(self.ngrams.shape[0]))
             vec = np.asarray(self.ngrams[hashes], np.float32).mean(axis=0) if hashes else np.zeros(self.dim, np.float32)

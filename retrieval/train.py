@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from extract.compat import FeatureIdentity
 from extract.core.arrays import normalize_rows
 from extract.core.devices import resolve_device
-from extract.compat import FeatureIdentity
 from extract.core.errors import UserError
 from extract.store import open_features
 from retrieval.checkpoint import save_checkpoint

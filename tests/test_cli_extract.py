@@ -50,7 +50,7 @@ def test_extract_prints_summary(tmp_path):
     result = CliRunner().invoke(cli, ["extract", str(tmp_path), str(tmp_path / "out" / "f.h5"), "--model", "resnet18",
                                       "--weights", "none", "--image-size", "32", "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "3 written, 0 skipped as already done, 1 failed" in result.output
+    assert "3 new, 0 changed (extracted again), 0 unchanged, 1 failed" in result.output
     assert "bad.jpg: not a recognised image" in result.output
     assert open_features(tmp_path / "out" / "f.h5").ids == ["0.jpg", "1.jpg", "2.jpg"]
 

@@ -18,7 +18,8 @@ from extract.backbone import load_backbone
 from extract.core.errors import UserError
 from extract.features import calibrate, calibration_ids, embed_images, extract_features
 from extract.images import list_images, prepare_image
-from extract.store import ResumableWriter, open_features
+from extract.parts import ResumableWriter
+from extract.store import open_features
 
 REPO = Path(__file__).resolve().parents[1]
 # float32 convolutions differ slightly with batch composition; features agree far tighter than this

@@ -218,7 +218,7 @@ def test_part_chunks_are_sized_to_the_part(tmp_path):
 def test_disk_full_while_committing_is_one_line_and_keeps_parts(tmp_path, monkeypatch):
     import errno
 
-    import extract.store as store
+    from extract import store
 
     out = tmp_path / "f.h5"
     w = ResumableWriter(out, {}, 2)

@@ -48,17 +48,33 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
               help="Refuse larger images (decompression-bomb guard).")
 @click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between durable commits of finished batches (0: every batch).")
+@click.option("--prune", is_flag=True, help="Drop rows whose image file no longer exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
             image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
-            quiet: bool) -> None:
-    """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5; resumable."""
+            prune: bool, quiet: bool) -> None:
+    """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5.
+
+    Resumable and incremental: re-running it on OUT extracts only new images and images whose bytes
+    changed, and with --prune drops rows whose file is gone.
+    """
     from extract.features import extract_features
 
     summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size, workers=workers,
                                device=device, image_size=image_size, limit=limit, root=root,
-                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
+                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet, prune=prune)
     click.echo(summary.report())
+
+
+@click.command("verify")
+@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def verify_features(features: Path) -> None:
+    """Re-hash every row of FEATURES.h5 and check it against the hashes recorded when it was written."""
+    from extract.store import open_features
+
+    ff = open_features(features)
+    ff.verify()
+    click.echo(f"{ff.path}: {len(ff)} rows x {ff.dim}-d intact, fingerprint {ff.fingerprint}")
 
 
 @click.command("import-vectors")
