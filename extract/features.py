@@ -38,7 +38,7 @@ from extract.core.errors import UserError
 from extract.core.files import ensure_writable
 from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
 from extract.parts import ResumableWriter, read_state
-from extract.store import open_features
+from extract.store import open_features, storable_id
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ def calibration_ids(listing: ImageList, count: int = BN_IMAGES, max_pixels: int 
     """The first ``count`` readable images of the sorted full list: the same on every (resumed) run."""
     chosen = []
     for i in sorted(listing.ids):
+        if storable_id(i) != i:  # a file name that is not UTF-8 is never a row, so never calibrates
+            continue
         if prepare_image(listing.root / i, image_size, max_pixels)[0] is not None:
             chosen.append(i)
             if len(chosen) == count:
