@@ -48,10 +48,15 @@ def _genre_defaults(features, labels):
     return (features or str(workspace_path("posters.h5")), labels or str(workspace_path("demo", "movies", "movies.csv")))
 
 
-def _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field):
+def _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field,
+               out=None):
+    """The genre config; the sentence-encoder cache goes to ``cache/`` next to ``out`` (or in the workspace)."""
+    from pathlib import Path
+
+    cache = Path(out).parent / "cache" if out else workspace_path("cache")
     return _genre_config(model=model, descriptor=descriptor, descriptor_path=text_encoder, hidden=hidden, dropout=dropout,
                          epochs=epochs, batch_size=batch_size, lr=lr, pos_weight=pos_weight, seed=seed, text_field=text_field,
-                         text_cache=str(workspace_path("cache")))
+                         text_cache=str(cache))
 
 
 @click.group(cls=Group)
@@ -63,8 +68,11 @@ def genres() -> None:
 @_genre_data_options
 @click.option("--model", type=click.Choice(MODEL_KINDS), default="concat", show_default=True)
 @_genre_train_options
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Checkpoint [default: workspace genre-MODEL.pt].")
-@click.option("--tensorboard/--no-tensorboard", default=False, show_default=True, help="Log to runs/genre-MODEL-TIME.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint [default: workspace genre-MODEL.pt]. Sentence-encoder caches go to cache/ and tensorboard "
+                   "runs to runs/ in the same folder.")
+@click.option("--tensorboard/--no-tensorboard", default=False, show_default=True,
+              help="Log to runs/genre-MODEL-TIME next to --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def genres_train(features, labels, text_field, allow_pickle, genre_ids, model, descriptor, text_encoder, hidden, dropout, epochs,
                  batch_size, lr, pos_weight, seed, device, out, tensorboard, quiet) -> None:
@@ -73,10 +81,13 @@ def genres_train(features, labels, text_field, allow_pickle, genre_ids, model, d
 
     from retrieval.genre.train import train_and_save
 
+    from pathlib import Path
+
     features, labels = _genre_defaults(features, labels)
-    cfg = _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field)
     out = out or str(workspace_path(f"genre-{model}.pt"))
-    logdir = f"runs/genre-{model}-{time.strftime('%Y%m%d%H%M%S')}" if tensorboard else None
+    cfg = _train_cfg(model, descriptor, text_encoder, hidden, dropout, epochs, batch_size, lr, pos_weight, seed, text_field,
+                     out)
+    logdir = str(Path(out).parent / "runs" / f"genre-{model}-{time.strftime('%Y%m%d%H%M%S')}") if tensorboard else None
     summary = train_and_save(labels, None if model == "text" else features, cfg, out, device=device,
                              logdir=logdir, quiet=quiet, allow_pickle=allow_pickle, genre_ids=genre_ids)
     click.echo(summary)

@@ -110,7 +110,9 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to replace
-        raise UserError(f"cannot read {path} as a genre checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot read {path} as a genre checkpoint ({type(exc).__name__}: {first}); pass a file "
+                        "written by `cli.py genres train`") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a genre checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r}, expected {FORMAT})")
     cfg = GenreConfig(**blob["config"])
