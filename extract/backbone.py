@@ -195,11 +195,19 @@ def _drop_head(net: nn.Module, model: str) -> None:
 
 def _load_state(net: nn.Module, path: Path, model: str) -> None:
     """Load a state_dict ``.pth`` (weights_only) into ``net``; the classifier head may be absent."""
+    if path.is_dir():
+        raise UserError(f"--weights {path} is a folder; pass the state_dict file (.pth) inside it, or imagenet or none")
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; pass an existing .pth, --weights imagenet or none")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch's zip format, or its legacy pickle
+        raise UserError(f"--weights {path} is not a torch state_dict file (it starts with {head!r}); pass a .pth saved "
+                        "with torch.save(model.state_dict(), PATH), or imagenet or none")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
+            KeyError, TypeError) as exc:
         raise UserError(f"cannot load {path} as a state_dict with weights_only=True ({exc.__class__.__name__}); "
                         "save it with torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

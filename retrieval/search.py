@@ -38,7 +38,8 @@ def read_queries_file(path: str | os.PathLike) -> list[str]:
 def encode_texts(encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     """Encode queries with a text encoder (``.encode``, ``.unknown_words``): ``(m, D) float32`` and kept positions.
 
-    Empty queries and queries whose words are all unknown are refused (one query) or skipped with a
+    Empty queries, queries without a word (digits and punctuation only, whatever the descriptor) and
+    queries whose words are all unknown are refused (one query) or skipped with a
     warning (a batch); the message names the unknown words. Partly unknown queries are encoded with a
     warning.
     """
@@ -48,6 +49,9 @@ def encode_texts(encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     for pos, text in enumerate(texts):
         if not text.strip():
             problems.append("empty query; type some words to search for")
+            continue
+        if not tokenize(text):  # every descriptor, sentence encoders included: nothing to describe
+            problems.append(f"no words in {text!r} (only digits, punctuation or symbols); type some words to search for")
             continue
         unknown = list(encoder.unknown_words(text))
         if unknown and len(set(unknown)) >= len(set(tokenize(text))):  # the descriptors' own tokens

@@ -86,8 +86,16 @@ def test_weights_path_with_wrong_keys_or_shapes(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_backbone("resnet18", str(tmp_path / "absent.pth"), "cpu")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="weights_only=True"):
+    with pytest.raises(UserError, match="junk.pth is not a torch state_dict file"):
         load_backbone("resnet18", str(tmp_path / "junk.pth"), "cpu")
+    (tmp_path / "notes.txt").write_text("weights are in the other folder\n")
+    with pytest.raises(UserError, match="notes.txt is not a torch state_dict file"):
+        load_backbone("resnet18", str(tmp_path / "notes.txt"), "cpu")
+    with pytest.raises(UserError, match="is a folder; pass the state_dict file"):
+        load_backbone("resnet18", str(tmp_path), "cpu")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "bad.pth").read_bytes()[:3000])  # truncated zip
+    with pytest.raises(UserError, match="weights_only=True"):
+        load_backbone("resnet18", str(tmp_path / "cut.pth"), "cpu")
 
 
 def test_imagenet_weights_come_from_the_hub_cache_only(tmp_path):

@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import extract.features as features
 from cli import cli
+from extract import features
 from extract.backbone import load_backbone
 from extract.core.errors import UserError
 from extract.features import calibrate, embed_images, extract_features

@@ -78,10 +78,9 @@ def genres_train(features, labels, text_field, allow_pickle, genre_ids, model, d
                  batch_size, lr, pos_weight, seed, device, out, tensorboard, quiet) -> None:
     """Train a genre model and save it with its config, genre list and validation thresholds."""
     import time
+    from pathlib import Path
 
     from retrieval.genre.train import train_and_save
-
-    from pathlib import Path
 
     features, labels = _genre_defaults(features, labels)
     out = out or str(workspace_path(f"genre-{model}.pt"))

@@ -118,6 +118,10 @@ def _genre_items(value: Any) -> list[Any]:
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 continue
             return _genre_items(parsed) if not isinstance(parsed, dict) else [parsed]
+        if text[0] in "[(" and text[-1] in "])":  # a list written without quotes: [Drama, Comedia]
+            text = text[1:-1].strip()
+            if not text:
+                return []
     sep = "|" if "|" in text else ("," if "," in text else ";" if ";" in text else None)
     return [t.strip() for t in text.split(sep)] if sep else [text]
 
