@@ -201,7 +201,7 @@ def _load_state(net: nn.Module, path: Path, model: str) -> None:
         raise UserError(f"weights file {path} does not exist; pass an existing .pth, --weights imagenet or none")
     with open(path, "rb") as fh:
         head = fh.read(2)
-    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # torch's zip format, or its legacy pickle
+    if not head.startswith((b"PK", b"\x80")):  # torch's zip format, or its legacy pickle
         raise UserError(f"--weights {path} is not a torch state_dict file (it starts with {head!r}); pass a .pth saved "
                         "with torch.save(model.state_dict(), PATH), or imagenet or none")
     try:
