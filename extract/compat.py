@@ -130,12 +130,13 @@ def check_same_space(made_from, other, artifact: str, other_name: str, fix: str)
     file of the same space (other images) is fine and only logged.
     """
     a, b = _as_identity(made_from), _as_identity(other)
+    where = f" ({a.path})" if a.path not in ("", "?", "None") else ""
     if a.dim is not None and b.dim is not None and int(a.dim) != int(b.dim):
-        raise UserError(f"{artifact} {a.dim}-d {a.model or ''} features ({a.path}) but {other_name} holds "
+        raise UserError(f"{artifact} {a.dim}-d {a.model or ''} features{where} but {other_name} holds "
                         f"{b.dim}-d {b.model or ''} ones; {fix}".replace("  ", " "))
     differs = _first_difference(a, b)
     if differs:
-        raise UserError(f"{artifact} {a.model} image features ({a.path}) but {other_name} holds {b.model} features "
+        raise UserError(f"{artifact} {a.model} image features{where} but {other_name} holds {b.model} features "
                         f"({differs}); {fix}")
     if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:
         log.info("%s features %s (%s); %s holds features %s of the same space", artifact, a.fingerprint, a.path,

@@ -17,8 +17,9 @@ Layout of a feature file (format 2, readable with plain h5py)::
 block by block while the file is written; ``content_sha256`` combines them with the shape, and
 ``fingerprint`` (16 hex digits) combines the content hash with the config that made the features
 (model, weights and their sha256, preprocessing, ...; :func:`identity_config`). Opening a file checks the
-ids, config and attrs against each other (cheap: no feature value is read); :meth:`FeatureFile.verify`
-re-hashes the values too. Writes are atomic: a file is written under ``NAME.tmp`` and renamed into
+shape, config and attrs against each other (cheap: nothing is hashed, so a cold search stays fast);
+:meth:`FeatureFile.verify` and :meth:`FeatureFile.load_verified` (used by training and evaluation)
+re-hash the ids and values too. Writes are atomic: a file is written under ``NAME.tmp`` and renamed into
 place, so a reader never sees half a file. Extraction appends through
 :class:`extract.parts.ResumableWriter`.
 """
@@ -160,6 +161,7 @@ class FeatureFile:
     content_sha256: str = ""
     values_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    ids_sha256: str = ""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -230,6 +232,9 @@ class FeatureFile:
                 r = start + bad
                 raise UserError(f"{self.path} row {r} (id {self.ids[r]!r}) holds NaN or inf; re-extract the "
                                 "file with `cli.py extract` (it records such images as failed)")
+        if self.ids_sha256 and h.ids_sha256 != self.ids_sha256:
+            raise UserError(f"the ids of {self.path} changed after it was written (recorded ids sha256 "
+                            f"{self.ids_sha256[:16]}, now {h.ids_sha256[:16]}); re-create it with `cli.py extract`")
         if self.values_sha256 and h.values_sha256 != self.values_sha256:
             raise UserError(f"the feature values of {self.path} changed after it was written (recorded values "
                             f"sha256 {self.values_sha256[:16]}, the file now hashes to {h.values_sha256[:16]}); "
@@ -252,8 +257,8 @@ def _read_sources(f: h5py.File, group: str, n: int) -> list[SourceStat]:
 def open_features(path: str | os.PathLike) -> FeatureFile:
     """Open and validate a feature file; a missing, malformed or inconsistent file is a :class:`UserError`.
 
-    The ids, the config and the recorded hashes must agree (no feature value is read: see
-    :meth:`FeatureFile.verify`). A format-1 file (fingerprint of ids and shape only) gets its content hash
+    The shape, the config and the recorded hashes must agree (cheap: neither ids nor values are hashed;
+    :meth:`FeatureFile.verify` does that). A format-1 file (fingerprint of ids and shape only) gets its content hash
     computed here, with a warning.
     """
     path = Path(path)
@@ -279,8 +284,8 @@ def open_features(path: str | os.PathLike) -> FeatureFile:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} has a damaged config or id list ({exc}); re-create it") from None
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise UserError(f"cannot read {path} as a feature file ({_one_line(exc)}); the file is damaged or not "
-                        "HDF5: re-create it or pass another file") from None
+        raise UserError(f"cannot read {path} as HDF5 features ({_one_line(exc)}); the file is damaged "
+                        "or of another kind: re-create it or pass another file") from None
     if not attrs["values_sha256"]:  # format 1: hash it now
         log.warning("%s is a format-1 feature file: hashing its content now (re-create it with `cli.py extract` "
                     "to store the hash)", path)
@@ -289,13 +294,14 @@ def open_features(path: str | os.PathLike) -> FeatureFile:
         for start, block in ff.iter_blocks():
             h.update(ids[start : start + len(block)], block)
         return FeatureFile(path, ids, dim, config, fingerprint(h.content_sha256, config), failed,
-                           h.content_sha256, h.values_sha256, version)
-    content = combine_content(len(ids), dim, ids_sha256(ids), str(attrs["values_sha256"]))
+                           h.content_sha256, h.values_sha256, version, h.ids_sha256)
+    content = combine_content(len(ids), dim, str(attrs["ids_sha256"]), str(attrs["values_sha256"]))
     fp = fingerprint(content, config)
     if content != attrs["content_sha256"] or fp != attrs["fingerprint"]:
-        raise UserError(f"{path} does not match its own record (ids, config or hashes were changed after it was "
+        raise UserError(f"{path} does not match its own record (shape, config or hashes were changed after it was "
                         f"written: fingerprint {attrs['fingerprint']} recorded, {fp} now); re-create it with `cli.py extract`")
-    return FeatureFile(path, ids, dim, config, fp, failed, content, str(attrs["values_sha256"]), version)
+    return FeatureFile(path, ids, dim, config, fp, failed, content, str(attrs["values_sha256"]), version,
+                       str(attrs["ids_sha256"]))
 
 
 def _chunks(rows: int) -> int:

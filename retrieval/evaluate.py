@@ -39,7 +39,7 @@ def evaluate(
     data = load_splits(captions, ff.ids)
     if splits:
         data = {k: v for k, v in data.items() if k in set(splits)}
-    xb = ff.load()
+    xb = ff.load_verified()  # finite, and the values the file records
     out: dict[str, dict] = {}
     for name, split in data.items():
         extra = {"gallery": len(split.gallery_rows), "missing": split.missing}

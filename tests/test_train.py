@@ -74,10 +74,10 @@ def test_mismatched_features_and_vectors_are_refused(corpus, tmp_path):
     ff = open_features(corpus["features"])
     x = ff.load()
     write_features(tmp_path / "small.h5", ff.ids, x[:, :10], {"model": "synthetic"})
-    with pytest.raises(UserError, match=r"24-d features .* holds 10-d"):
+    with pytest.raises(UserError, match=r"24-d synthetic features .* holds 10-d"):
         evaluate(ckpt, tmp_path / "small.h5", [corpus["root"]])
     write_features(tmp_path / "other.h5", ff.ids, x, {"model": "resnet152"})
-    with pytest.raises(UserError, match="trained on synthetic features .* made with resnet152"):
+    with pytest.raises(UserError, match="trained on synthetic image features .* holds resnet152 features"):
         evaluate(ckpt, tmp_path / "other.h5", [corpus["root"]])
     other = export_vectors(make_keyed_vectors(["perro", "gato"], dim=12, seed=5), tmp_path / "other.kv")
     with pytest.raises(UserError, match="fingerprint"):

@@ -28,7 +28,7 @@ from retrieval.datasets import find_splits, read_captions
 from retrieval.descriptors import ENCODER_KINDS, make_descriptor
 from retrieval.evaluate import evaluate
 from retrieval.query import load_text_encoder
-from retrieval.text import open_vectors, tokenize
+from retrieval.text import load_vectors, open_vectors, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ def encoding_speed(vectors: str | os.PathLike, texts: Sequence[str], min_caption
     t = time.perf_counter()
     ours = desc.transform(big)
     ours_s = time.perf_counter() - t
-    from gensim.models import KeyedVectors
-
-    kv = KeyedVectors.load(str(vectors), mmap="r")
+    kv = load_vectors(vectors)  # gensim KeyedVectors rebuilt from the export (never unpickled)
     sample = big[: min(len(big), 5000)]
     t = time.perf_counter()
     ref = []

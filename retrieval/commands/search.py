@@ -73,7 +73,11 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
     import time
 
     t0 = time.perf_counter()
+    from extract.core.files import ensure_writable
     from retrieval.search import answer, read_queries_file
+
+    for sheet in sheets:  # before any model or index is loaded
+        ensure_writable(sheet)
 
     texts = [" ".join(query)] if query else []
     if queries_file:

@@ -75,8 +75,6 @@ def _train_options(f):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (1 is fastest on a busy machine)."),
-        click.option("--allow-pickle", is_flag=True,
-                     help="Let --vectors be a gensim native .kv pickle (loading it runs code from the file). Trusted files only."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -103,9 +101,12 @@ def _base_config(kw: dict, **more):
 @click.option("--runs-dir", type=click.Path(file_okay=False),
               help="tensorboardX log folder [runs/ next to --out, i.e. workspace/runs by default].")
 @click.option("--no-tensorboard", is_flag=True, help="Do not write a tensorboardX run.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Let --vectors be a gensim native .kv pickle (loading it runs code from the file). Trusted files only.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_tensorboard, quiet, as_json, **kw) -> None:
+def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_tensorboard, allow_pickle, quiet, as_json,
+              **kw) -> None:
     """Train a caption -> image-space encoder; keep the checkpoint with the best validation MRR."""
     import json
 
@@ -122,7 +123,7 @@ def train_cmd(descriptor, regressor, loss, epochs, val_split, out, runs_dir, no_
     try:
         result = train(config, kw["features"], kw["captions"] or [str(workspace_path("demo"))], out, vectors=kw["vectors"],
                        vectors_limit=kw["vectors_limit"], val_split=val_split, writer=writer, quiet=quiet, on_epoch=echo,
-                       threads=kw["threads"], allow_pickle=kw["allow_pickle"])
+                       threads=kw["threads"], allow_pickle=allow_pickle)
     finally:
         if writer is not None:
             writer.close()
