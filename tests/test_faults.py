@@ -166,3 +166,16 @@ def test_genre_cells_written_as_unquoted_lists_are_lists(tmp_path):
     ls = read_label_set(f)
     got = {i: sorted(g for g, v in zip(ls.genres, row) if v) for i, row in zip(ls.ids, ls.Y)}
     assert got == {"1": ["Comedia", "Drama"], "2": ["Acción"], "3": ["Drama"]}
+
+
+def test_contact_sheet_folder_is_checked_before_anything_loads(tmp_path):
+    line = _one_line(CliRunner().invoke(cli, ["search", "perro", "--index", str(tmp_path / "no-index"),
+                                              "--contact-sheet", "/sys/sheet.png"]))
+    assert "cannot write /sys/sheet.png: folder /sys is not writable" in line
+
+
+def test_genres_train_keeps_its_cache_next_to_out(tmp_path):
+    from retrieval.commands.genres import _train_cfg
+
+    cfg = _train_cfg("text", "tfidf", None, 8, 0.1, 1, 8, 1e-3, "auto", 0, "overview", str(tmp_path / "m" / "g.pt"))
+    assert cfg.text_cache == str(tmp_path / "m" / "cache")
