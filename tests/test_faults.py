@@ -179,3 +179,23 @@ def test_genres_train_keeps_its_cache_next_to_out(tmp_path):
 
     cfg = _train_cfg("text", "tfidf", None, 8, 0.1, 1, 8, 1e-3, "auto", 0, "overview", str(tmp_path / "m" / "g.pt"))
     assert cfg.text_cache == str(tmp_path / "m" / "cache")
+
+
+def test_flipped_bytes_in_a_text_checkpoint_are_refused(tmp_path):
+    from retrieval.checkpoint import read_checkpoint, save_checkpoint
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    data = save_checkpoint(tmp_path / "m.npz", {"weights/fc1.weight": w}, {"descriptor": "centroid"}, []).read_bytes()
+    silent = []
+    for off in range(0, len(data), max(1, len(data) // 150)):
+        bad = bytearray(data)
+        bad[off] ^= 0xFF
+        (tmp_path / "x.npz").write_bytes(bytes(bad))
+        try:
+            arrays, config, _ = read_checkpoint(tmp_path / "x.npz")
+        except UserError as exc:
+            assert "\n" not in str(exc)
+            continue
+        if not (np.array_equal(arrays.get("weights/fc1.weight"), w) and config.get("descriptor") == "centroid"):
+            silent.append(off)
+    assert not silent
