@@ -105,6 +105,8 @@ def _as_identity(x) -> FeatureIdentity:
         return x
     if isinstance(x, FeatureFile):
         return FeatureIdentity.of(x)
+    if hasattr(x, "config") and hasattr(x, "dim") and not isinstance(x, Mapping):  # feature-file-like
+        return FeatureIdentity.from_config(str(x.path), getattr(x, "fingerprint", None), x.dim, x.config, len(x))
     return FeatureIdentity.from_record(x)
 
 

@@ -207,6 +207,8 @@ def extract_features(
     t0 = time.perf_counter()
     drop = plan.gone if prune else []
     if not plan.todo and not plan.bad_names:  # nothing to extract
+        if backbone is not None:
+            model, weights = backbone.config["model"], backbone.config["weights"]
         check_options(state, model, weights, image_size)
         if state.parts or drop:  # merge what an interrupted run committed, or prune: no model needed
             ResumableWriter(out, state.config, state.dim, MATCH_KEYS).finalize(drop)

@@ -94,6 +94,10 @@ def test_nan_in_training_features_is_refused_before_training_naming_file_and_row
         train(TrainConfig(**FAST), bad, [corpus["root"]], tmp_path / "x.npz", vectors=corpus["vectors"], quiet=True,
               on_epoch=calls.append)
     assert not calls and not (tmp_path / "x.npz").exists()
+    from retrieval.evaluate import evaluate
+
+    with pytest.raises(UserError, match=r"nan.h5 row 7 \(id 'train/0007.jpg'\) holds NaN or inf"):
+        evaluate(corpus["root"] / "m.npz", bad, [corpus["root"]])
 
 
 class _Killed(BaseException):
