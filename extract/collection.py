@@ -85,7 +85,7 @@ def check_root(state: StoredState, listing: ImageList, out: Path) -> None:
     new = str(listing.root.resolve())
     if old and old != new:
         raise UserError(f"{state.where} holds ids relative to the image root {old} but this run's root is {new}; "
-                        f"pass --root {old} to add to it, or write another output file (not {out})")
+                        f"pass --root {old} to add to {out.name}, or write to another output file")
 
 
 def check_options(state: StoredState, model: str, weights: str, image_size: int | None) -> None:

@@ -6,8 +6,9 @@ Layout (``numpy.load(path)`` lists it)::
     descriptor/<name>   what the descriptor learnt (tf-idf terms and idf, ...)
     target/mean, target/std   per-dimension statistics of the training features (standardised targets)
     __config__          JSON: descriptor, regressor, loss, target normalisation, metric, feature dim,
-                        the feature file's model and fingerprint, the word vectors' path and fingerprint,
-                        and the full training config
+                        the feature file's identity (``features``: path, fingerprint, dim, model, weights
+                        and sha256, preprocessing; :mod:`extract.compat`), the word vectors' path and
+                        fingerprint, and the full training config
     __history__         JSON: one record per epoch (loss and metrics per split)
 
 Training writes it with torch tensors converted to numpy; query-time encoding (:mod:`retrieval.query`)
