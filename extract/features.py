@@ -206,10 +206,10 @@ def extract_features(
     plan = plan_run(listing, ids, state)
     t0 = time.perf_counter()
     drop = plan.gone if prune else []
+    if backbone is not None:
+        model, weights = backbone.config["model"], backbone.config["weights"]
+    check_options(state, model, weights, image_size)  # before any model is loaded
     if not plan.todo and not plan.bad_names:  # nothing to extract
-        if backbone is not None:
-            model, weights = backbone.config["model"], backbone.config["weights"]
-        check_options(state, model, weights, image_size)
         if state.parts or drop:  # merge what an interrupted run committed, or prune: no model needed
             ResumableWriter(out, state.config, state.dim, MATCH_KEYS).finalize(drop)
         return _summary(out, listing, plan, 0, [], time.perf_counter() - t0, len(drop))
