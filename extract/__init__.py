@@ -23,6 +23,7 @@ _LAZY = {
 
 __all__ = [
     "FeatureFile",
+    "FeatureIdentity",
     "ResumableWriter",
     "UserError",
     "atomic_path",
