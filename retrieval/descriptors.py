@@ -6,14 +6,16 @@ it learnt, saved next to the regressor weights) and ``unknown_words(text)``. Kin
 
 - ``centroid``: mean of the word vectors of the caption's tokens;
 - ``centroid-tfidf``: the same mean weighted by each word's idf on the training captions;
-- ``tfidf``: l2-normalised tf-idf over word 1..3-grams (gensim ``Dictionary`` + ``TfidfModel`` idf);
+- ``tfidf``: l2-normalised tf-idf over word 1..3-grams (fitted with scikit-learn's ``TfidfVectorizer``;
+  sparse for training, a numpy transform for queries);
 - ``sequence``: the caption's word vectors in order, for the GRU (``transform`` gives ``(n, T, d)``);
 - ``use-multilingual``, ``e5-small``: pretrained sentence encoders from :mod:`retrieval.encoders` (optional
   packages; their outputs are cached on disk during training).
 
 A caption with no known word (empty, or all out of vocabulary) becomes a zero vector, never NaN; the
 number of such captions is logged as a warning and kept in ``n_empty``. Transforming needs numpy
-only (gensim is imported by ``fit`` of the tf-idf kinds and for FastText subword vectors).
+only (scikit-learn is imported by ``Tfidf.fit``, gensim by ``CentroidTfidf.fit`` and for FastText subword vectors).
+A descriptor with ``sparse = True`` also has ``transform_sparse(texts)``: a ``scipy.sparse`` CSR matrix.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class CentroidTfidf(_WordDescriptor):
         self.default_idf = 1.0
 
     def fit(self, texts: Sequence[str]) -> CentroidTfidf:
-        terms, idf = _fit_idf([self._tokens(t) for t in texts], no_below=1, no_above=1.0, keep_n=None)
+        terms, idf = _fit_idf([self._tokens(t) for t in texts])
         self.load_state({"idf_terms": terms, "idf": idf})
         return self
 
@@ -195,10 +197,11 @@ class CentroidTfidf(_WordDescriptor):
 
 
 def _ngrams(tokens: list[str], n: int) -> list[str]:
+    """Word 1..``n``-grams joined by a space, as scikit-learn's word analyzer makes them."""
     return [" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)]
 
 
-def _fit_idf(docs: list[list[str]], no_below: int, no_above: float, keep_n: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _fit_idf(docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
     """Terms and their idf (gensim ``TfidfModel``: ``log2(N / df)``) over tokenised documents."""
     from gensim.corpora import Dictionary
     from gensim.models import TfidfModel
@@ -206,10 +209,6 @@ def _fit_idf(docs: list[list[str]], no_below: int, no_above: float, keep_n: int 
     if not any(docs):
         raise UserError("no words in the training captions: cannot fit tf-idf")
     dictionary = Dictionary(docs)
-    if keep_n is not None or no_below > 1 or no_above < 1.0:
-        dictionary.filter_extremes(no_below=no_below, no_above=no_above, keep_n=keep_n)
-    if len(dictionary) == 0:
-        raise UserError("tf-idf vocabulary is empty after filtering rare/common terms; use more training captions")
     model = TfidfModel(dictionary=dictionary)
     terms = [dictionary[i] for i in range(len(dictionary))]
     idf = np.array([model.idfs.get(i, 0.0) for i in range(len(dictionary))], np.float32)
@@ -217,16 +216,26 @@ def _fit_idf(docs: list[list[str]], no_below: int, no_above: float, keep_n: int 
 
 
 class Tfidf:
-    """L2-normalised tf-idf of word 1..``ngrams``-grams: ``(n, V) float32`` with V fixed by ``fit``."""
+    """L2-normalised tf-idf of word 1..``ngrams``-grams, ``V`` terms fixed by ``fit``.
+
+    ``fit`` is scikit-learn's ``TfidfVectorizer`` (smooth idf ``ln((1 + n) / (1 + df)) + 1``, raw counts,
+    l2 norm) over the tokens of :func:`retrieval.text.tokenize`. What a query needs (the terms in column
+    order and their idf) is exported by :meth:`state`; :meth:`transform` recomputes the same vectors from
+    it with numpy alone, so a restored descriptor never imports scikit-learn. :meth:`transform_sparse`
+    gives the ``(n, V)`` CSR matrix for training on large vocabularies.
+    """
 
     kind = "tfidf"
+    sparse = True
 
-    def __init__(self, ngrams: int = 3, min_df: int = 2, max_df: float = 0.8, max_features: int = 20000, fold_accents: bool = False):
+    def __init__(self, ngrams: int = 3, min_df: int = 2, max_df: float = 0.8, max_features: int | None = 20000,
+                 fold_accents: bool = False):
         self.ngrams, self.min_df, self.max_df, self.max_features = ngrams, min_df, max_df, max_features
         self.fold_accents = fold_accents
         self.terms: dict[str, int] = {}
         self.idf = np.zeros(0, np.float32)
         self.n_empty = 0
+        self._vectorizer = None  # the fitted TfidfVectorizer (training only; never saved)
 
     @property
     def dim(self) -> int:
@@ -237,38 +246,74 @@ class Tfidf:
         return {"kind": self.kind, "dim": self.dim, "ngrams": self.ngrams, "min_df": self.min_df, "max_df": self.max_df,
                 "max_features": self.max_features, "fold_accents": self.fold_accents}
 
-    def _grams(self, text: str) -> list[str]:
-        return _ngrams(tokenize(text, fold_accents=self.fold_accents), self.ngrams)
+    def _tokens(self, text: str) -> list[str]:
+        return tokenize(text, fold_accents=self.fold_accents)
 
     def fit(self, texts: Sequence[str]) -> Tfidf:
-        terms, idf = _fit_idf([self._grams(t) for t in texts], self.min_df, self.max_df, self.max_features)
-        self.load_state({"terms": terms, "idf": idf})
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vectorizer = TfidfVectorizer(tokenizer=self._tokens, lowercase=False, token_pattern=None,
+                                     ngram_range=(1, self.ngrams), min_df=self.min_df, max_df=self.max_df,
+                                     max_features=self.max_features, dtype=np.float32)
+        try:
+            vectorizer.fit(list(texts))
+        except ValueError as exc:  # empty vocabulary, or min_df/max_df leave no term
+            raise UserError(f"cannot fit tf-idf on {len(texts)} training captions ({exc}); "
+                            "use more captions or a lower min_df / higher max_df") from None
+        self.load_state({"terms": vectorizer.get_feature_names_out(), "idf": vectorizer.idf_})
+        self._vectorizer = vectorizer
         return self
 
     def state(self) -> dict[str, np.ndarray]:
+        """``terms`` (V,) str in column order and ``idf`` (V,) float32: all a query transform needs."""
         return {"terms": np.array(list(self.terms), dtype=str), "idf": self.idf}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.terms = {str(t): i for i, t in enumerate(arrays["terms"])}
         self.idf = np.asarray(arrays["idf"], np.float32)
+        self._vectorizer = None
 
     def unknown_words(self, text: str) -> list[str]:
-        return [t for t in tokenize(text, fold_accents=self.fold_accents) if t not in self.terms]
+        return [t for t in self._tokens(text) if t not in self.terms]
 
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
+    def _counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` int64, one entry per occurrence of a known n-gram (numpy only)."""
         if not self.terms:
             raise UserError("the tf-idf descriptor is not fitted; call fit() on the training captions first")
+        get = self.terms.get
+        cols_per_text = [[c for c in map(get, _ngrams(self._tokens(t), self.ngrams)) if c is not None] for t in texts]
+        rows = np.repeat(np.arange(len(texts)), [len(c) for c in cols_per_text])
+        cols = np.fromiter((c for cs in cols_per_text for c in cs), np.int64, len(rows))
+        return rows, cols
+
+    def _count_empty(self, sizes: np.ndarray) -> None:
+        """``sizes``: each row's norm or number of stored entries (zero for a caption with no known term)."""
+        self.n_empty = int(np.sum(sizes == 0))
+        _warn_empty(self.kind, self.n_empty, len(sizes))
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Dense ``(n, V) float32`` (numpy only; equal to the fitted ``TfidfVectorizer.transform``)."""
+        rows, cols = self._counts(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            cols = [self.terms[g] for g in self._grams(text) if g in self.terms]
-            if cols:
-                np.add.at(out[i], cols, 1.0)
-        out *= self.idf[None, :]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.divide(out, norms, out=out, where=norms > 0)
-        self.n_empty = int(np.sum(norms[:, 0] == 0))
-        _warn_empty(self.kind, self.n_empty, len(texts))
+        np.add.at(out, (rows, cols), self.idf[cols])
+        norms = np.linalg.norm(out, axis=1)
+        np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
+        self._count_empty(norms)
         return out
+
+    def transform_sparse(self, texts: Sequence[str]):
+        """``scipy.sparse`` CSR ``(n, V) float32``: the same values as :meth:`transform`, never dense."""
+        if self._vectorizer is not None:
+            x = self._vectorizer.transform(list(texts)).astype(np.float32).tocsr()
+        else:
+            import scipy.sparse
+            from sklearn.preprocessing import normalize
+
+            rows, cols = self._counts(texts)
+            x = scipy.sparse.csr_matrix((self.idf[cols], (rows, cols)), shape=(len(texts), self.dim), dtype=np.float32)
+            x = normalize(x, copy=False)
+        self._count_empty(np.diff(x.indptr))
+        return x
 
 
 class WordSequence(_WordDescriptor):

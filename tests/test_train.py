@@ -56,16 +56,28 @@ def test_training_learns_and_checkpoint_round_trips(corpus, tmp_path, desc, reg,
     assert enc.encode(texts).shape == (2, 24)
 
 
-def test_query_path_imports_neither_torch_nor_gensim(corpus, tmp_path):
-    cfg = TrainConfig(**FAST)
+@pytest.mark.parametrize("desc", ["centroid", "tfidf"])
+def test_query_path_imports_neither_torch_nor_gensim_nor_sklearn(corpus, tmp_path, desc):
+    cfg = TrainConfig(descriptor=desc, **FAST)
     train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", vectors=corpus["vectors"], quiet=True)
     import subprocess
 
     code = ("import sys; from retrieval.query import load_text_encoder; e = load_text_encoder(sys.argv[1]); "
-            "v = e.encode(['un perro en la playa']); print(v.shape, 'torch' in sys.modules, 'gensim' in sys.modules, "
-            "e.unknown_words('un perro zzz'))")
+            "v = e.encode(['un perro en la playa']); "
+            "print(v.shape, [m for m in ('torch', 'gensim', 'sklearn') if m in sys.modules], e.unknown_words('un perro zzz'))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.npz")], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "(1, 24) False False ['zzz']"
+    assert out.stdout.strip() == "(1, 24) [] ['zzz']"
+    # the search command on that model: CLI answer, and still none of them imported
+    from indexes.build import IndexConfig, build_index_dir
+
+    build_index_dir(corpus["features"], tmp_path / "index", IndexConfig(factory="Flat"), quiet=True)
+    code = ("import sys; from click.testing import CliRunner; from cli import cli; "
+            "r = CliRunner().invoke(cli, ['search', '--index', sys.argv[2], '--model', sys.argv[1], '--device', 'cpu', "
+            "'-k', '2', 'un perro en la playa']); "
+            "print(r.exit_code, [m for m in ('torch', 'gensim', 'sklearn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.npz"), str(tmp_path / "index")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0 []"
 
 
 def test_mismatched_features_and_vectors_are_refused(corpus, tmp_path):
