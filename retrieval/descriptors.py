@@ -14,7 +14,7 @@ it learnt, saved next to the regressor weights) and ``unknown_words(text)``. Kin
 
 A caption with no known word (empty, or all out of vocabulary) becomes a zero vector, never NaN; the
 number of such captions is logged as a warning and kept in ``n_empty``. Transforming needs numpy
-only (scikit-learn is imported by ``Tfidf.fit``, gensim by ``CentroidTfidf.fit`` and for FastText subword vectors).
+only (scikit-learn is imported by ``fit`` of the tf-idf kinds, gensim for FastText subword vectors).
 A descriptor with ``sparse = True`` also has ``transform_sparse(texts)``: a ``scipy.sparse`` CSR matrix.
 """
 
@@ -41,7 +41,20 @@ def _warn_empty(kind: str, n_empty: int, n: int) -> None:
         log.warning("%s: %d of %d captions have no known words; they are encoded as zero vectors", kind, n_empty, n)
 
 
-class _WordDescriptor:
+class _Pretrained:
+    """A descriptor that learns nothing from the training captions: ``fit`` is a no-op, ``state`` is empty."""
+
+    def fit(self, texts: Sequence[str]):
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class _WordDescriptor(_Pretrained):
     """Shared parts of the descriptors built on word vectors."""
 
     kind = ""
@@ -65,15 +78,6 @@ class _WordDescriptor:
             "vectors_fingerprint": self.vectors.fingerprint,
             "vectors_dim": self.vectors.dim,
         }
-
-    def fit(self, texts: Sequence[str]) -> _WordDescriptor:
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
     def _tokens(self, text: str) -> list[str]:
         return tokenize(text, fold_accents=self.fold_accents)
@@ -179,8 +183,10 @@ class CentroidTfidf(_WordDescriptor):
         self.default_idf = 1.0
 
     def fit(self, texts: Sequence[str]) -> CentroidTfidf:
-        terms, idf = _fit_idf([self._tokens(t) for t in texts])
-        self.load_state({"idf_terms": terms, "idf": idf})
+        vectorizer = _vectorizer(self.fold_accents, binary=True)
+        df = np.asarray(_fit(vectorizer, texts).sum(axis=0), np.float64).ravel()  # documents containing each word
+        idf = np.log2(len(texts) / df)  # as gensim's TfidfModel
+        self.load_state({"idf_terms": vectorizer.get_feature_names_out(), "idf": idf.astype(np.float32)})
         return self
 
     def state(self) -> dict[str, np.ndarray]:
@@ -201,18 +207,24 @@ def _ngrams(tokens: list[str], n: int) -> list[str]:
     return [" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)]
 
 
-def _fit_idf(docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Terms and their idf (gensim ``TfidfModel``: ``log2(N / df)``) over tokenised documents."""
-    from gensim.corpora import Dictionary
-    from gensim.models import TfidfModel
+def _vectorizer(fold_accents: bool, ngrams: int = 1, tfidf: bool = False, **options):
+    """A scikit-learn ``CountVectorizer`` (or ``TfidfVectorizer``) over the tokens of :func:`retrieval.text.tokenize`."""
+    from functools import partial
 
-    if not any(docs):
-        raise UserError("no words in the training captions: cannot fit tf-idf")
-    dictionary = Dictionary(docs)
-    model = TfidfModel(dictionary=dictionary)
-    terms = [dictionary[i] for i in range(len(dictionary))]
-    idf = np.array([model.idfs.get(i, 0.0) for i in range(len(dictionary))], np.float32)
-    return np.array(terms, dtype=str), idf
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+    cls = TfidfVectorizer if tfidf else CountVectorizer
+    return cls(tokenizer=partial(tokenize, fold_accents=fold_accents), lowercase=False, token_pattern=None,
+               ngram_range=(1, ngrams), dtype=np.float32, **options)
+
+
+def _fit(vectorizer, texts: Sequence[str]):
+    """``vectorizer.fit_transform(texts)``; an empty vocabulary is a :class:`UserError`."""
+    try:
+        return vectorizer.fit_transform(list(texts))
+    except ValueError as exc:  # no word at all, or min_df/max_df leave no term
+        raise UserError(f"cannot fit tf-idf on {len(texts)} training captions ({exc}); "
+                        "use more captions or a lower min_df / higher max_df") from None
 
 
 class Tfidf:
@@ -250,16 +262,9 @@ class Tfidf:
         return tokenize(text, fold_accents=self.fold_accents)
 
     def fit(self, texts: Sequence[str]) -> Tfidf:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vectorizer = TfidfVectorizer(tokenizer=self._tokens, lowercase=False, token_pattern=None,
-                                     ngram_range=(1, self.ngrams), min_df=self.min_df, max_df=self.max_df,
-                                     max_features=self.max_features, dtype=np.float32)
-        try:
-            vectorizer.fit(list(texts))
-        except ValueError as exc:  # empty vocabulary, or min_df/max_df leave no term
-            raise UserError(f"cannot fit tf-idf on {len(texts)} training captions ({exc}); "
-                            "use more captions or a lower min_df / higher max_df") from None
+        vectorizer = _vectorizer(self.fold_accents, self.ngrams, tfidf=True, min_df=self.min_df, max_df=self.max_df,
+                                 max_features=self.max_features)
+        _fit(vectorizer, texts)
         self.load_state({"terms": vectorizer.get_feature_names_out(), "idf": vectorizer.idf_})
         self._vectorizer = vectorizer
         return self
@@ -361,7 +366,7 @@ class WordSequence(_WordDescriptor):
         return table[ids]
 
 
-class EncoderDescriptor:
+class EncoderDescriptor(_Pretrained):
     """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs."""
 
     def __init__(self, name: str, cache_path=None):
@@ -378,15 +383,6 @@ class EncoderDescriptor:
     @property
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self._inner.encoder.fingerprint}
-
-    def fit(self, texts: Sequence[str]) -> EncoderDescriptor:
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
     def unknown_words(self, text: str) -> list[str]:
         return []
