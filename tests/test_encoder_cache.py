@@ -150,7 +150,7 @@ def test_a_second_writer_waits_for_the_lock_then_reads_what_the_first_wrote(tmp_
             at_lock.set()  # the second writer is about to ask for the lock
         return real_flock(fd, op)
 
-    monkeypatch.setattr(encoder_cache.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)  # the lock of extract.core.files, which the cache uses
     second, result = CountingEncoder(), []
     waiter = threading.Thread(target=lambda: result.append(cached_encode(second, many, cache, batch_size=4)))
     with encoder_cache._locked(cache):  # this test is the first writer, holding the lock
