@@ -27,6 +27,7 @@ import numpy as np
 
 from extract.core.errors import UserError
 from retrieval.text import WordVectors, tokenize
+from retrieval.tfidf import Tfidf, fit_vectorizer, make_vectorizer, warn_empty
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,6 @@ WORD_KINDS = ("centroid", "centroid-tfidf", "tfidf", "sequence")
 ENCODER_KINDS = ("use-multilingual", "e5-small")
 KINDS = WORD_KINDS + ENCODER_KINDS
 _CHUNK = 2048
-
-
-def _warn_empty(kind: str, n_empty: int, n: int) -> None:
-    if n_empty:
-        log.warning("%s: %d of %d captions have no known words; they are encoded as zero vectors", kind, n_empty, n)
 
 
 class _Pretrained:
@@ -121,7 +117,7 @@ class _WordDescriptor(_Pretrained):
         self.n_empty = 0
         for start in range(0, len(texts), _CHUNK):
             self._transform_chunk(texts[start : start + _CHUNK], out[start : start + _CHUNK])
-        _warn_empty(self.kind, self.n_empty, len(texts))
+        warn_empty(self.kind, self.n_empty, len(texts))
         return out
 
     def _transform_chunk(self, texts: Sequence[str], out: np.ndarray) -> None:
@@ -183,8 +179,8 @@ class CentroidTfidf(_WordDescriptor):
         self.default_idf = 1.0
 
     def fit(self, texts: Sequence[str]) -> CentroidTfidf:
-        vectorizer = _vectorizer(self.fold_accents, binary=True)
-        df = np.asarray(_fit(vectorizer, texts).sum(axis=0), np.float64).ravel()  # documents containing each word
+        vectorizer = make_vectorizer(self.fold_accents, binary=True)
+        df = np.asarray(fit_vectorizer(vectorizer, texts).sum(axis=0), np.float64).ravel()  # documents containing each word
         idf = np.log2(len(texts) / df)  # as gensim's TfidfModel
         self.load_state({"idf_terms": vectorizer.get_feature_names_out(), "idf": idf.astype(np.float32)})
         return self
@@ -200,125 +196,6 @@ class CentroidTfidf(_WordDescriptor):
     def _weights(self, tokens: list[str]) -> np.ndarray:
         get, default = self.idf.get, self.default_idf
         return np.fromiter((get(t, default) for t in tokens), np.float32, len(tokens))
-
-
-def _ngrams(tokens: list[str], n: int) -> list[str]:
-    """Word 1..``n``-grams joined by a space, as scikit-learn's word analyzer makes them."""
-    return [" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)]
-
-
-def _vectorizer(fold_accents: bool, ngrams: int = 1, tfidf: bool = False, **options):
-    """A scikit-learn ``CountVectorizer`` (or ``TfidfVectorizer``) over the tokens of :func:`retrieval.text.tokenize`."""
-    from functools import partial
-
-    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-
-    cls = TfidfVectorizer if tfidf else CountVectorizer
-    return cls(tokenizer=partial(tokenize, fold_accents=fold_accents), lowercase=False, token_pattern=None,
-               ngram_range=(1, ngrams), dtype=np.float32, **options)
-
-
-def _fit(vectorizer, texts: Sequence[str]):
-    """``vectorizer.fit_transform(texts)``; an empty vocabulary is a :class:`UserError`."""
-    try:
-        return vectorizer.fit_transform(list(texts))
-    except ValueError as exc:  # no word at all, or min_df/max_df leave no term
-        raise UserError(f"cannot fit tf-idf on {len(texts)} training captions ({exc}); "
-                        "use more captions or a lower min_df / higher max_df") from None
-
-
-class Tfidf:
-    """L2-normalised tf-idf of word 1..``ngrams``-grams, ``V`` terms fixed by ``fit``.
-
-    ``fit`` is scikit-learn's ``TfidfVectorizer`` (smooth idf ``ln((1 + n) / (1 + df)) + 1``, raw counts,
-    l2 norm) over the tokens of :func:`retrieval.text.tokenize`. What a query needs (the terms in column
-    order and their idf) is exported by :meth:`state`; :meth:`transform` recomputes the same vectors from
-    it with numpy alone, so a restored descriptor never imports scikit-learn. :meth:`transform_sparse`
-    gives the ``(n, V)`` CSR matrix for training on large vocabularies.
-    """
-
-    kind = "tfidf"
-    sparse = True
-
-    def __init__(self, ngrams: int = 3, min_df: int = 2, max_df: float = 0.8, max_features: int | None = 20000,
-                 fold_accents: bool = False):
-        self.ngrams, self.min_df, self.max_df, self.max_features = ngrams, min_df, max_df, max_features
-        self.fold_accents = fold_accents
-        self.terms: dict[str, int] = {}
-        self.idf = np.zeros(0, np.float32)
-        self.n_empty = 0
-        self._vectorizer = None  # the fitted TfidfVectorizer (training only; never saved)
-
-    @property
-    def dim(self) -> int:
-        return len(self.terms)
-
-    @property
-    def config(self) -> dict:
-        return {"kind": self.kind, "dim": self.dim, "ngrams": self.ngrams, "min_df": self.min_df, "max_df": self.max_df,
-                "max_features": self.max_features, "fold_accents": self.fold_accents}
-
-    def _tokens(self, text: str) -> list[str]:
-        return tokenize(text, fold_accents=self.fold_accents)
-
-    def fit(self, texts: Sequence[str]) -> Tfidf:
-        vectorizer = _vectorizer(self.fold_accents, self.ngrams, tfidf=True, min_df=self.min_df, max_df=self.max_df,
-                                 max_features=self.max_features)
-        _fit(vectorizer, texts)
-        self.load_state({"terms": vectorizer.get_feature_names_out(), "idf": vectorizer.idf_})
-        self._vectorizer = vectorizer
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        """``terms`` (V,) str in column order and ``idf`` (V,) float32: all a query transform needs."""
-        return {"terms": np.array(list(self.terms), dtype=str), "idf": self.idf}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.terms = {str(t): i for i, t in enumerate(arrays["terms"])}
-        self.idf = np.asarray(arrays["idf"], np.float32)
-        self._vectorizer = None
-
-    def unknown_words(self, text: str) -> list[str]:
-        return [t for t in self._tokens(text) if t not in self.terms]
-
-    def _counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, cols)`` int64, one entry per occurrence of a known n-gram (numpy only)."""
-        if not self.terms:
-            raise UserError("the tf-idf descriptor is not fitted; call fit() on the training captions first")
-        get = self.terms.get
-        cols_per_text = [[c for c in map(get, _ngrams(self._tokens(t), self.ngrams)) if c is not None] for t in texts]
-        rows = np.repeat(np.arange(len(texts)), [len(c) for c in cols_per_text])
-        cols = np.fromiter((c for cs in cols_per_text for c in cs), np.int64, len(rows))
-        return rows, cols
-
-    def _count_empty(self, sizes: np.ndarray) -> None:
-        """``sizes``: each row's norm or number of stored entries (zero for a caption with no known term)."""
-        self.n_empty = int(np.sum(sizes == 0))
-        _warn_empty(self.kind, self.n_empty, len(sizes))
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """Dense ``(n, V) float32`` (numpy only; equal to the fitted ``TfidfVectorizer.transform``)."""
-        rows, cols = self._counts(texts)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        np.add.at(out, (rows, cols), self.idf[cols])
-        norms = np.linalg.norm(out, axis=1)
-        np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
-        self._count_empty(norms)
-        return out
-
-    def transform_sparse(self, texts: Sequence[str]):
-        """``scipy.sparse`` CSR ``(n, V) float32``: the same values as :meth:`transform`, never dense."""
-        if self._vectorizer is not None:
-            x = self._vectorizer.transform(list(texts)).astype(np.float32).tocsr()
-        else:
-            import scipy.sparse
-            from sklearn.preprocessing import normalize
-
-            rows, cols = self._counts(texts)
-            x = scipy.sparse.csr_matrix((self.idf[cols], (rows, cols)), shape=(len(texts), self.dim), dtype=np.float32)
-            x = normalize(x, copy=False)
-        self._count_empty(np.diff(x.indptr))
-        return x
 
 
 class WordSequence(_WordDescriptor):
@@ -344,7 +221,7 @@ class WordSequence(_WordDescriptor):
         rows_per_text = [self._lookup(self._tokens(t), extra, extra_index)[0][: self.max_len] for t in texts]
         lengths = np.array([len(r) for r in rows_per_text], np.int64)
         self.n_empty = int(np.sum(lengths == 0))
-        _warn_empty(self.kind, self.n_empty, len(texts))
+        warn_empty(self.kind, self.n_empty, len(texts))
         used = sorted({r for rows in rows_per_text for r in rows})
         remap = {r: j + 1 for j, r in enumerate(used)}
         table = np.zeros((len(used) + 1, self.dim), np.float32)
