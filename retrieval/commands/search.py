@@ -90,7 +90,9 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
     results.timings["total"] = time.perf_counter() - t0
     click.echo(results.format(as_json, flags, truth_field))
     if timings:
-        click.echo("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results.timings.items()), err=True)
+        from retrieval.search import timing_line
+
+        click.echo(timing_line(results.timings, t0), err=True)
 
 
 @click.command("search")
