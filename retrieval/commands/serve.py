@@ -50,5 +50,4 @@ def serve_cmd(host, port, index_dir, features, model, genres_ckpt, image_queries
     config = ServeConfig(index_dir=index_dir, features=features, model=_default(model, "text-encoder.npz"),
                          genres=_default(genres_ckpt, "genre-late.pt"), image_queries=image_queries, device=device,
                          token=token, cors=tuple(cors), max_upload=parse_size(max_upload))
-    click.echo(f"buscador: http://{host}:{port}/  (API docs at /docs)", err=True)
     run(config, host, port, access_log=access_log, no_auth=no_auth)

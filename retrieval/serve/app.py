@@ -264,6 +264,7 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, access_l
 
     check_exposure(host, config.token, no_auth)
     engine = Engine(config).load()  # before binding: a bad artifact is an error, not a half-started server
+    log.info("serving http://%s:%d/ (API docs at /docs)", f"[{host}]" if ":" in host else host, port)
     try:
         uvicorn.run(create_app(config, engine), host=host, port=port, access_log=access_log, log_level="info")
     finally:
