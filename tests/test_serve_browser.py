@@ -102,7 +102,7 @@ def _images_loaded(page) -> bool:
 
 
 def test_search_more_like_this_upload_and_genres(server, browser, shots, tmp_path):
-    base, coll = server
+    base, _ = server
     api = httpx.Client(base_url=base, timeout=30)
     errors = []
     page = browser.new_page(viewport={"width": 1200, "height": 900})
