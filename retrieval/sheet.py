@@ -114,7 +114,7 @@ def fit_label(text: str, fits) -> str:
     """``text`` shortened until ``fits(label)``: whole, else ``…/file name``, else the name cut in the middle.
 
     ``poster_thumbs/tt0173716.jpg`` becomes ``…/tt0173716.jpg``, and a long name keeps its start and its
-    extension (``very_long_na…name.jpg``), so a label never loses the part that tells images apart.
+    end (``very_long…0042.jpg``), so a label never loses the part that tells images apart.
     """
     if fits(text):
         return text
@@ -124,7 +124,7 @@ def fit_label(text: str, fits) -> str:
     if fits(name):
         return name
     for keep in range(len(name) - 1, 1, -1):
-        head, tail = name[: (keep + 1) // 2], name[len(name) - keep // 2 :]
+        head, tail = name[: keep // 2], name[len(name) - (keep + 1) // 2 :]  # the end tells names apart more
         if fits(head + "…" + tail):
             return head + "…" + tail
     return name[:1] + "…"

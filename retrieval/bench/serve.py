@@ -88,14 +88,14 @@ def _wait_ready(proc: subprocess.Popen, base: str, limit: float = 180.0) -> None
 
 
 def _in_process(engine, requests: list[tuple[str, str]]) -> dict[str, list[float]]:
-    from retrieval.serve import answers
+    from retrieval.serve.answers import search
     from retrieval.serve.models import SearchBody
 
     out: dict[str, list[float]] = {"text": [], "id": []}
     for kind, value in requests:
         body = SearchBody(q=value, k=10) if kind == "text" else SearchBody(id=value, k=10)
         t0 = time.perf_counter()
-        answers.search(engine, body)
+        search(engine, body)
         out[kind].append(time.perf_counter() - t0)
     return out
 

@@ -30,7 +30,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from extract.core.errors import UserError
-from retrieval.serve import answers
+from retrieval.serve.answers import genres as answer_genres
+from retrieval.serve.answers import search as answer_search
 from retrieval.serve.config import ServeConfig, check_exposure
 from retrieval.serve.engine import Engine
 from retrieval.serve.metrics import Metrics, MetricsMiddleware
@@ -138,14 +139,14 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                    offset: int = Query(0, description="results to skip"),
                    min_score: float | None = Query(None, description="drop results scoring below")) -> dict:
         body = SearchBody(q=q, id=id, k=k, offset=offset, min_score=min_score)
-        return finish(*answers.search(eng(), body))
+        return finish(*answer_search(eng(), body))
 
     @api.post("/search", summary="Search by text, indexed image, uploaded image or weighted terms",
               openapi_extra=_MULTIPART_DOC)
     async def search_post(request: Request) -> dict:
         data, uploads = await payload(request, "image")
         body = SearchBody.model_validate(data)
-        return finish(*await run_in_threadpool(answers.search, eng(), body, uploads))
+        return finish(*await run_in_threadpool(answer_search, eng(), body, uploads))
 
     @api.post("/search/batch", summary="Many searches at once (JSON; images as base64)")
     async def search_batch(batch: BatchBody) -> dict:
@@ -156,7 +157,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             out = []
             for i, body in enumerate(batch.queries):
                 try:
-                    out.append(finish(*answers.search(eng(), body)))
+                    out.append(finish(*answer_search(eng(), body)))
                 except RequestError as exc:
                     raise RequestError(f"queries[{i}]: {exc}", exc.status) from None
             return {"answers": out}
@@ -176,7 +177,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         body = GenreBody.model_validate(data)
         if len(uploads) > 1:
             raise RequestError("send at most one poster", 422)
-        return finish(*await run_in_threadpool(answers.genres, eng(), body, uploads[0] if uploads else None))
+        return finish(*await run_in_threadpool(answer_genres, eng(), body, uploads[0] if uploads else None))
 
     @api.get("/info", summary="Index kind, N, d, loaded models with fingerprints, staleness, limits")
     def info() -> dict:
