@@ -309,3 +309,38 @@ def test_start_up_logs_each_artifact_and_text_only_skips_torch(coll, caplog):
             "e.text_vector('una persona en bicicleta'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_bare_serve_command_uses_the_workspace(coll, tmp_path):
+    """`cli.py serve` with no options serves the workspace's index and text model on 127.0.0.1."""
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    (ws / "index").symlink_to(coll["index"])
+    (ws / "text-encoder.npz").symlink_to(coll["model"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, BUSCADOR_WORKSPACE=str(ws), PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--port", str(port), "--no-image-queries"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, r = time.monotonic() + 90, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/search", params={"q": BIKE, "k": 3}, timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert r is not None and r.status_code == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert all(int(h["id"][4:8]) % 3 == 0 for h in r.json()["results"])
+        assert httpx.get(f"http://127.0.0.1:{port}/api/info").json()["genres"] is False
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert "loaded text_model" in out and "sha256:" in out and "Traceback" not in out

@@ -15,7 +15,6 @@ import os
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ import numpy as np
 
 from extract.core.errors import UserError
 from retrieval.serve.config import ServeConfig
+from retrieval.serve.images import ImageStore
 from retrieval.serve.uploads import (
-    MEDIA_TYPES,
     SUFFIXES,
     RequestError,
     check_image,
-    sniff,
 )
 
 log = logging.getLogger(__name__)
@@ -54,34 +52,6 @@ def _fingerprint_file(path: str | os.PathLike) -> str:
     return "sha256:" + sha256_file(path)[:16]
 
 
-class _Thumbs:
-    """A byte-bounded LRU of encoded thumbnails, safe across threads."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes, self.used = max_bytes, 0
-        self.items: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key):
-        with self.lock:
-            data = self.items.get(key)
-            if data is not None:
-                self.items.move_to_end(key)
-            return data
-
-    def put(self, key, data: bytes) -> None:
-        if len(data) > self.max_bytes:
-            return
-        with self.lock:
-            if key in self.items:
-                return
-            self.items[key] = data
-            self.used += len(data)
-            while self.used > self.max_bytes:
-                _, old = self.items.popitem(last=False)
-                self.used -= len(old)
-
-
 class Engine:
     """Everything ``serve`` answers from, loaded once (see :meth:`load`)."""
 
@@ -92,7 +62,6 @@ class Engine:
         self.genre_model = None
         self._embedders: dict[str, object] = {}
         self.image_queries_off: str | None = None
-        self._thumbs = _Thumbs(config.thumb_cache_bytes)
         self._h5, self._h5_lock = None, threading.Lock()
         self._tmp = tempfile.TemporaryDirectory(prefix="buscador-serve-")
 
@@ -115,6 +84,7 @@ class Engine:
         meta, feats = self.searcher.meta, self.searcher.features
         self.ids = feats.ids
         self.resolver = self.searcher.resolver
+        self.images = ImageStore(self.resolver.row_of, feats.ids, feats.config, cfg)
         self._note("index", {"path": str(self.searcher.loaded.path), "kind": meta["factory"], "metric": meta["metric"],
                              "n": int(meta["n"]), "d": int(meta["d"]),
                              "fingerprint": meta["features"]["fingerprint"]}, t0)
@@ -128,6 +98,10 @@ class Engine:
             self.image_queries_off = "turned off (--no-image-queries)"
         if cfg.genres is not None:
             self._load_genres(cfg.genres)
+        import gc
+
+        gc.collect()
+        gc.freeze()  # what was loaded lives as long as the server: keep the cyclic GC from rescanning it per request
         return self
 
     def _note(self, name: str, info: dict, t0: float) -> None:
@@ -143,6 +117,7 @@ class Engine:
         t0 = time.perf_counter()
         encoder = orchestration.load_text_model(path)
         self.searcher.check_encoder(dict(encoder.config), getattr(encoder, "dim", None), "the text model")
+        encoder.encode(["una persona en bicicleta"])  # warm-up: sentence encoders finish loading on first use
         self.encoder = encoder
         ec = dict(encoder.config)
         self._note("text_model", {"path": str(path), "fingerprint": _fingerprint_file(path),
@@ -158,8 +133,21 @@ class Engine:
             from extract.features import backbone_from_config, embed_images
 
             backbone = backbone_from_config(config, self.config.device)
-            self._embedders[key] = lambda paths: embed_images(paths, backbone)
+            self._embedders[key] = embed = lambda paths: embed_images(paths, backbone)
+            self._warm_up(embed)
         return self._embedders[key]
+
+    def _warm_up(self, embed) -> None:
+        """One small image through a new backbone, so the first real query does not pay the first-run costs."""
+        from PIL import Image
+
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=self._tmp.name)
+        os.close(fd)
+        try:
+            Image.new("RGB", (64, 64), (128, 128, 128)).save(tmp)
+            embed([tmp])
+        finally:
+            os.unlink(tmp)
 
     def _load_image_queries(self) -> None:
         t0 = time.perf_counter()
@@ -172,7 +160,7 @@ class Engine:
             self.image_queries_off = str(exc)
             log.warning("image queries are off: %s", exc)
             return
-        self._note("image_model", {"model": config.get("model"), "weights": config.get("weights"),
+        self._note("image_model", {"path": f"{config.get('model')} ({config.get('weights')} weights)", "model": config.get("model"), "weights": config.get("weights"),
                                    "fingerprint": str(config.get("weights_sha256", ""))[:16] or "-"}, t0)
 
     def _load_genres(self, path: str) -> None:
@@ -316,46 +304,8 @@ class Engine:
 
     # ---- images --------------------------------------------------------------------------------
     def image(self, image_id: str, size: int | None) -> tuple[bytes, str]:
-        """``(bytes, media type)`` of an indexed image, or its JPEG thumbnail (longest side ``size``).
-
-        Only exact stored ids are served; the path comes from the feature file, never from the request.
-        """
-        from indexes.search import image_path
-
-        row = self.resolver.row_of.get(image_id)
-        if row is None:
-            raise RequestError(f"no indexed image has id {image_id[:200]!r}", 404)
-        path = image_path(self.searcher.features.config, self.ids[row])
-        if size is None:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise RequestError(f"image {image_id!r} is indexed but cannot be read on the server ({exc.strerror})", 404) from None
-            fmt = sniff(data)
-            if fmt is None:
-                raise RequestError(f"image {image_id!r} is not in a format browsers show", 415)
-            return data, MEDIA_TYPES[fmt]
-        lo, hi = self.config.thumb_sizes
-        if not lo <= size <= hi:
-            raise RequestError(f"size must be between {lo} and {hi}; got {size}", 422)
-        cached = self._thumbs.get((row, size))
-        if cached is None:
-            cached = self._thumbnail(path, size, image_id)
-            self._thumbs.put((row, size), cached)
-        return cached, "image/jpeg"
-
-    def _thumbnail(self, path: str, size: int, image_id: str) -> bytes:
-        import io
-
-        from extract.images import load_image
-
-        im, reason = load_image(path, self.config.max_pixels, draft_size=size)
-        if im is None:
-            raise RequestError(f"image {image_id!r} is indexed but cannot be shown ({reason})", 404)
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
+        """``(bytes, media type)`` of an indexed image or its cached JPEG thumbnail (see :class:`ImageStore`)."""
+        return self.images.get(image_id, size)
 
     # ---- genres --------------------------------------------------------------------------------
     def genres(self, overview: str | None, poster: bytes | None, top: int = 3) -> list[dict]:
