@@ -157,10 +157,14 @@ def test_path_traversal_in_image_ids_is_a_404(client, raw):
 def test_engine_serves_only_stored_ids(coll):
     engine = Engine(ServeConfig(index_dir=str(coll["index"]), image_queries=False)).load()
     absolute = str(coll["root"] / "images" / "img" / "0000.png")
-    for bad in ("../../etc/passwd", "/etc/passwd", absolute, "img/../img/0000.png", "./img/0000.png", "features.h5", ""):
-        with pytest.raises(RequestError) as exc:
-            engine.image(bad, None)
-        assert exc.value.status == 404
+    try:
+        for bad in ("../../etc/passwd", "/etc/passwd", absolute, "img/../img/0000.png", "./img/0000.png", "features.h5", ""):
+            with pytest.raises(RequestError) as exc:
+                engine.image(bad, None)
+            assert exc.value.status == 404
+        assert engine.image("img/0000.png", None)[1] == "image/png"
+    finally:
+        engine.close()
 
 
 def test_uploads_are_checked_by_bytes_size_and_pixels(coll, fake_backbone):
@@ -301,7 +305,7 @@ def test_start_up_logs_each_artifact_and_text_only_skips_torch(coll, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="retrieval.serve")
-    Engine(ServeConfig(index_dir=str(coll["index"]), model=str(coll["model"]), image_queries=False)).load()
+    Engine(ServeConfig(index_dir=str(coll["index"]), model=str(coll["model"]), image_queries=False)).load().close()
     fp = hashlib.sha256(coll["model"].read_bytes()).hexdigest()[:16]
     assert f"loaded text_model {coll['model']} (sha256:{fp})" in caplog.text and "loaded index" in caplog.text
     code = ("import sys; from retrieval.serve import Engine, ServeConfig; "

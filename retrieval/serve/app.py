@@ -270,6 +270,9 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, access_l
     engine = Engine(config).load()  # before binding: a bad artifact is an error, not a half-started server
     log.info("serving http://%s:%d/ (API docs at /docs)", f"[{host}]" if ":" in host else host, port)
     try:
-        uvicorn.run(create_app(config, engine), host=host, port=port, access_log=access_log, log_level="info")
+        # keep-alive longer than uvicorn's 5 s: on a starved event loop a shorter timer can close a connection
+        # that a client is already reusing
+        uvicorn.run(create_app(config, engine), host=host, port=port, access_log=access_log, log_level="info",
+                    timeout_keep_alive=30)
     finally:
         engine.close()

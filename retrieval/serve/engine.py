@@ -186,6 +186,9 @@ class Engine:
         if getattr(self, "_h5", None) is not None:
             self._h5.close()
             self._h5 = None
+        import gc
+
+        gc.unfreeze()
         self._tmp.cleanup()
 
     # ---- facts ---------------------------------------------------------------------------------
