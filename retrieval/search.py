@@ -104,7 +104,8 @@ class IdResolver:
             raise UserError(f"id {text!r} matches {len(rows)} images ({shown}{', ...' if len(rows) > 5 else ''}); "
                             "give the full id")
         short = self._short()
-        near = difflib.get_close_matches(text, [*short, *self.row_of], n=3, cutoff=0.6)
+        prefixed = sorted(m for m in short if m.startswith(text))[:3] if len(text) >= 3 else []
+        near = prefixed or difflib.get_close_matches(text, [*short, *self.row_of], n=3, cutoff=0.6)
         names = list(dict.fromkeys(self.ids[short[m][0]] if m in short else m for m in near))
         hint = f"; did you mean {', '.join(map(repr, names))}?" if names else "; ids are image paths relative to the image root"
         raise UserError(f"id {text!r} is not in {where}{hint}")

@@ -43,6 +43,8 @@ def test_resolver_by_id_name_stem_and_near_matches():
         r.resolve("x")
     with pytest.raises(UserError, match=r"id 'tt0173717' is not in f.h5; did you mean 'poster_thumbs/tt0173716.jpg'\?"):
         r.resolve("tt0173717", "f.h5")
+    with pytest.raises(UserError, match=r"id 'tt017' is not in the feature file; did you mean 'poster_thumbs/tt0173716.jpg'\?"):
+        r.resolve("tt017")
     with pytest.raises(UserError, match="ids are image paths relative to the image root"):
         r.resolve("qqqqqqqqqqqqqq")
 
