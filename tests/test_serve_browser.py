@@ -150,6 +150,11 @@ def test_search_more_like_this_upload_and_genres(server, browser, shots, tmp_pat
     page.wait_for_selector("#error:not([hidden])", timeout=20000)
     assert "no known words" in page.inner_text("#error")
     assert errors == []
+
+    page.goto(base + "/docs")  # the OpenAPI page, from local swagger-ui files
+    page.wait_for_selector(".opblock-summary-path", timeout=30000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent.trim())")
+    assert {"/api/search", "/api/search/batch", "/api/genres"} <= {p.replace("\u200b", "") for p in paths}
     page.close()
 
 

@@ -213,25 +213,29 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
 
 def _docs(app: FastAPI) -> None:
-    """``/docs`` from the swagger-ui files of the ``swagger-ui-bundle`` package (no CDN)."""
+    """``/docs`` from the swagger-ui files that the ``fastapi-offline`` package ships (no CDN)."""
     from fastapi.openapi.docs import get_swagger_ui_html
 
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        import fastapi_offline
+
+        assets = Path(fastapi_offline.__file__).parent / "static"
     except ImportError:
-        swagger_ui_path = None
-    if swagger_ui_path is not None:
-        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+        assets = None
+    if assets is not None and (assets / "swagger-ui-bundle.js").is_file():
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+    else:
+        assets = None
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        if swagger_ui_path is None:
-            return HTMLResponse("<!doctype html><title>buscador API</title><p>Install <code>swagger-ui-bundle</code> "
+        if assets is None:
+            return HTMLResponse("<!doctype html><title>buscador API</title><p>Install <code>fastapi-offline</code> "
                                 "for this page; the API description is at <a href='/openapi.json'>/openapi.json</a>.")
         return get_swagger_ui_html(openapi_url="/openapi.json", title="buscador API",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs-assets/favicon.png")
 
 
 def _errors(app: FastAPI) -> None:
