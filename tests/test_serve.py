@@ -330,9 +330,12 @@ def test_bare_serve_command_uses_the_workspace(coll, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, BUSCADOR_WORKSPACE=str(ws), PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, "cli.py", "serve", "--port", str(port), "--no-image-queries"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, BUSCADOR_WORKSPACE=str(ws), PYTHONPATH=str(repo))
+    proc = subprocess.Popen([sys.executable, str(repo / "cli.py"), "serve", "--port", str(port), "--no-image-queries"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, r = time.monotonic() + 90, None
         while time.monotonic() < deadline and proc.poll() is None:
