@@ -6,14 +6,16 @@ it learnt, saved next to the regressor weights) and ``unknown_words(text)``. Kin
 
 - ``centroid``: mean of the word vectors of the caption's tokens;
 - ``centroid-tfidf``: the same mean weighted by each word's idf on the training captions;
-- ``tfidf``: l2-normalised tf-idf over word 1..3-grams (gensim ``Dictionary`` + ``TfidfModel`` idf);
+- ``tfidf``: l2-normalised tf-idf over word 1..3-grams (fitted with scikit-learn's ``TfidfVectorizer``;
+  sparse for training, a numpy transform for queries);
 - ``sequence``: the caption's word vectors in order, for the GRU (``transform`` gives ``(n, T, d)``);
 - ``use-multilingual``, ``e5-small``: pretrained sentence encoders from :mod:`retrieval.encoders` (optional
   packages; their outputs are cached on disk during training).
 
 A caption with no known word (empty, or all out of vocabulary) becomes a zero vector, never NaN; the
 number of such captions is logged as a warning and kept in ``n_empty``. Transforming needs numpy
-only (gensim is imported by ``fit`` of the tf-idf kinds and for FastText subword vectors).
+only (scikit-learn is imported by ``fit`` of the tf-idf kinds, gensim for FastText subword vectors).
+A descriptor with ``sparse = True`` also has ``transform_sparse(texts)``: a ``scipy.sparse`` CSR matrix.
 """
 
 from __future__ import annotations
@@ -39,7 +41,20 @@ def _warn_empty(kind: str, n_empty: int, n: int) -> None:
         log.warning("%s: %d of %d captions have no known words; they are encoded as zero vectors", kind, n_empty, n)
 
 
-class _WordDescriptor:
+class _Pretrained:
+    """A descriptor that learns nothing from the training captions: ``fit`` is a no-op, ``state`` is empty."""
+
+    def fit(self, texts: Sequence[str]):
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class _WordDescriptor(_Pretrained):
     """Shared parts of the descriptors built on word vectors."""
 
     kind = ""
@@ -63,15 +78,6 @@ class _WordDescriptor:
             "vectors_fingerprint": self.vectors.fingerprint,
             "vectors_dim": self.vectors.dim,
         }
-
-    def fit(self, texts: Sequence[str]) -> _WordDescriptor:
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
     def _tokens(self, text: str) -> list[str]:
         return tokenize(text, fold_accents=self.fold_accents)
@@ -177,8 +183,10 @@ class CentroidTfidf(_WordDescriptor):
         self.default_idf = 1.0
 
     def fit(self, texts: Sequence[str]) -> CentroidTfidf:
-        terms, idf = _fit_idf([self._tokens(t) for t in texts], no_below=1, no_above=1.0, keep_n=None)
-        self.load_state({"idf_terms": terms, "idf": idf})
+        vectorizer = _vectorizer(self.fold_accents, binary=True)
+        df = np.asarray(_fit(vectorizer, texts).sum(axis=0), np.float64).ravel()  # documents containing each word
+        idf = np.log2(len(texts) / df)  # as gensim's TfidfModel
+        self.load_state({"idf_terms": vectorizer.get_feature_names_out(), "idf": idf.astype(np.float32)})
         return self
 
     def state(self) -> dict[str, np.ndarray]:
@@ -195,38 +203,51 @@ class CentroidTfidf(_WordDescriptor):
 
 
 def _ngrams(tokens: list[str], n: int) -> list[str]:
+    """Word 1..``n``-grams joined by a space, as scikit-learn's word analyzer makes them."""
     return [" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)]
 
 
-def _fit_idf(docs: list[list[str]], no_below: int, no_above: float, keep_n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Terms and their idf (gensim ``TfidfModel``: ``log2(N / df)``) over tokenised documents."""
-    from gensim.corpora import Dictionary
-    from gensim.models import TfidfModel
+def _vectorizer(fold_accents: bool, ngrams: int = 1, tfidf: bool = False, **options):
+    """A scikit-learn ``CountVectorizer`` (or ``TfidfVectorizer``) over the tokens of :func:`retrieval.text.tokenize`."""
+    from functools import partial
 
-    if not any(docs):
-        raise UserError("no words in the training captions: cannot fit tf-idf")
-    dictionary = Dictionary(docs)
-    if keep_n is not None or no_below > 1 or no_above < 1.0:
-        dictionary.filter_extremes(no_below=no_below, no_above=no_above, keep_n=keep_n)
-    if len(dictionary) == 0:
-        raise UserError("tf-idf vocabulary is empty after filtering rare/common terms; use more training captions")
-    model = TfidfModel(dictionary=dictionary)
-    terms = [dictionary[i] for i in range(len(dictionary))]
-    idf = np.array([model.idfs.get(i, 0.0) for i in range(len(dictionary))], np.float32)
-    return np.array(terms, dtype=str), idf
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+    cls = TfidfVectorizer if tfidf else CountVectorizer
+    return cls(tokenizer=partial(tokenize, fold_accents=fold_accents), lowercase=False, token_pattern=None,
+               ngram_range=(1, ngrams), dtype=np.float32, **options)
+
+
+def _fit(vectorizer, texts: Sequence[str]):
+    """``vectorizer.fit_transform(texts)``; an empty vocabulary is a :class:`UserError`."""
+    try:
+        return vectorizer.fit_transform(list(texts))
+    except ValueError as exc:  # no word at all, or min_df/max_df leave no term
+        raise UserError(f"cannot fit tf-idf on {len(texts)} training captions ({exc}); "
+                        "use more captions or a lower min_df / higher max_df") from None
 
 
 class Tfidf:
-    """L2-normalised tf-idf of word 1..``ngrams``-grams: ``(n, V) float32`` with V fixed by ``fit``."""
+    """L2-normalised tf-idf of word 1..``ngrams``-grams, ``V`` terms fixed by ``fit``.
+
+    ``fit`` is scikit-learn's ``TfidfVectorizer`` (smooth idf ``ln((1 + n) / (1 + df)) + 1``, raw counts,
+    l2 norm) over the tokens of :func:`retrieval.text.tokenize`. What a query needs (the terms in column
+    order and their idf) is exported by :meth:`state`; :meth:`transform` recomputes the same vectors from
+    it with numpy alone, so a restored descriptor never imports scikit-learn. :meth:`transform_sparse`
+    gives the ``(n, V)`` CSR matrix for training on large vocabularies.
+    """
 
     kind = "tfidf"
+    sparse = True
 
-    def __init__(self, ngrams: int = 3, min_df: int = 2, max_df: float = 0.8, max_features: int = 20000, fold_accents: bool = False):
+    def __init__(self, ngrams: int = 3, min_df: int = 2, max_df: float = 0.8, max_features: int | None = 20000,
+                 fold_accents: bool = False):
         self.ngrams, self.min_df, self.max_df, self.max_features = ngrams, min_df, max_df, max_features
         self.fold_accents = fold_accents
         self.terms: dict[str, int] = {}
         self.idf = np.zeros(0, np.float32)
         self.n_empty = 0
+        self._vectorizer = None  # the fitted TfidfVectorizer (training only; never saved)
 
     @property
     def dim(self) -> int:
@@ -237,38 +258,67 @@ class Tfidf:
         return {"kind": self.kind, "dim": self.dim, "ngrams": self.ngrams, "min_df": self.min_df, "max_df": self.max_df,
                 "max_features": self.max_features, "fold_accents": self.fold_accents}
 
-    def _grams(self, text: str) -> list[str]:
-        return _ngrams(tokenize(text, fold_accents=self.fold_accents), self.ngrams)
+    def _tokens(self, text: str) -> list[str]:
+        return tokenize(text, fold_accents=self.fold_accents)
 
     def fit(self, texts: Sequence[str]) -> Tfidf:
-        terms, idf = _fit_idf([self._grams(t) for t in texts], self.min_df, self.max_df, self.max_features)
-        self.load_state({"terms": terms, "idf": idf})
+        vectorizer = _vectorizer(self.fold_accents, self.ngrams, tfidf=True, min_df=self.min_df, max_df=self.max_df,
+                                 max_features=self.max_features)
+        _fit(vectorizer, texts)
+        self.load_state({"terms": vectorizer.get_feature_names_out(), "idf": vectorizer.idf_})
+        self._vectorizer = vectorizer
         return self
 
     def state(self) -> dict[str, np.ndarray]:
+        """``terms`` (V,) str in column order and ``idf`` (V,) float32: all a query transform needs."""
         return {"terms": np.array(list(self.terms), dtype=str), "idf": self.idf}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.terms = {str(t): i for i, t in enumerate(arrays["terms"])}
         self.idf = np.asarray(arrays["idf"], np.float32)
+        self._vectorizer = None
 
     def unknown_words(self, text: str) -> list[str]:
-        return [t for t in tokenize(text, fold_accents=self.fold_accents) if t not in self.terms]
+        return [t for t in self._tokens(text) if t not in self.terms]
 
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
+    def _counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` int64, one entry per occurrence of a known n-gram (numpy only)."""
         if not self.terms:
             raise UserError("the tf-idf descriptor is not fitted; call fit() on the training captions first")
+        get = self.terms.get
+        cols_per_text = [[c for c in map(get, _ngrams(self._tokens(t), self.ngrams)) if c is not None] for t in texts]
+        rows = np.repeat(np.arange(len(texts)), [len(c) for c in cols_per_text])
+        cols = np.fromiter((c for cs in cols_per_text for c in cs), np.int64, len(rows))
+        return rows, cols
+
+    def _count_empty(self, sizes: np.ndarray) -> None:
+        """``sizes``: each row's norm or number of stored entries (zero for a caption with no known term)."""
+        self.n_empty = int(np.sum(sizes == 0))
+        _warn_empty(self.kind, self.n_empty, len(sizes))
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Dense ``(n, V) float32`` (numpy only; equal to the fitted ``TfidfVectorizer.transform``)."""
+        rows, cols = self._counts(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            cols = [self.terms[g] for g in self._grams(text) if g in self.terms]
-            if cols:
-                np.add.at(out[i], cols, 1.0)
-        out *= self.idf[None, :]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.divide(out, norms, out=out, where=norms > 0)
-        self.n_empty = int(np.sum(norms[:, 0] == 0))
-        _warn_empty(self.kind, self.n_empty, len(texts))
+        np.add.at(out, (rows, cols), self.idf[cols])
+        norms = np.linalg.norm(out, axis=1)
+        np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
+        self._count_empty(norms)
         return out
+
+    def transform_sparse(self, texts: Sequence[str]):
+        """``scipy.sparse`` CSR ``(n, V) float32``: the same values as :meth:`transform`, never dense."""
+        if self._vectorizer is not None:
+            x = self._vectorizer.transform(list(texts)).astype(np.float32).tocsr()
+        else:
+            import scipy.sparse
+            from sklearn.preprocessing import normalize
+
+            rows, cols = self._counts(texts)
+            x = scipy.sparse.csr_matrix((self.idf[cols], (rows, cols)), shape=(len(texts), self.dim), dtype=np.float32)
+            x = normalize(x, copy=False)
+        self._count_empty(np.diff(x.indptr))
+        return x
 
 
 class WordSequence(_WordDescriptor):
@@ -316,7 +366,7 @@ class WordSequence(_WordDescriptor):
         return table[ids]
 
 
-class EncoderDescriptor:
+class EncoderDescriptor(_Pretrained):
     """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs."""
 
     def __init__(self, name: str, cache_path=None):
@@ -333,15 +383,6 @@ class EncoderDescriptor:
     @property
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self._inner.encoder.fingerprint}
-
-    def fit(self, texts: Sequence[str]) -> EncoderDescriptor:
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
     def unknown_words(self, text: str) -> list[str]:
         return []
