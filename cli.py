@@ -16,7 +16,7 @@ import logging
 
 import click
 
-from retrieval.commands import genres, images, search, text
+from retrieval.commands import genres, images, search, serve, text
 from retrieval.commands.common import Group
 
 
@@ -33,10 +33,11 @@ def benchmark() -> None:
     """Benchmarks that print figures (speed as a ratio to a baseline measured in the same run)."""
 
 
-for command in (images.demo_data, images.extract, images.verify_features, images.import_vectors_cmd, text.vectors, text.train_cmd,
-                text.evaluate_cmd, search.index, search.search_cmd, genres.genres):
+for command in (images.demo_data, images.extract, images.verify_features, images.import_vectors_cmd, text.vectors,
+                text.train_cmd, text.evaluate_cmd, search.index, search.search_cmd, genres.genres, serve.serve_cmd):
     cli.add_command(command)
-for command in (images.benchmark_extract_cmd, text.benchmark_retrieval, text.benchmark_encode, search.benchmark_search):
+for command in (images.benchmark_extract_cmd, text.benchmark_retrieval, text.benchmark_encode, search.benchmark_search,
+                search.benchmark_serve):
     benchmark.add_command(command)
 
 
