@@ -122,19 +122,24 @@ def _parts(out: Path) -> int:
 # Runs the CLI with a SIGKILL of its whole process group planted right after the n-th call of one step of the store.
 _KILL_AT = """
 import os, runpy, signal, sys
+import extract.parts as parts
 import extract.store as store
 where, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
-def after(real):
+def after(real, counts=lambda *a: True):
     def wrapped(*args, **kwargs):
         out = real(*args, **kwargs)
-        calls[0] += 1
+        calls[0] += counts(*args)
         if calls[0] == n:
             os.killpg(0, signal.SIGKILL)
         return out
     return wrapped
 if where == "commit":
-    store.ResumableWriter.commit = after(store.ResumableWriter.commit)
+    parts.ResumableWriter.commit = after(parts.ResumableWriter.commit)
+elif where == "merge_seal":  # the merged file is sealed (part files carry no config)
+    store.FeatureBuilder.seal = after(store.FeatureBuilder.seal, lambda builder: bool(builder.config))
+elif where == "features_append":  # rows written into a part (or the merged file)
+    store._append = after(store._append, lambda ds, values: ds.name == "/features")
 else:
     setattr(store, where, after(getattr(store, where)))
 sys.argv = ["cli.py", *sys.argv[3:]]
@@ -153,7 +158,7 @@ def test_resume_after_repeated_sigkill(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # (store step, its n-th call, part files expected afterwards): 2 batches committed; killed while writing the
     # 2nd part of a run (1 more); every batch committed, killed after the merged file is written but not renamed
-    kills = [("commit", 2, 2), ("_append", 6, 3), ("_seal", 1, None)]
+    kills = [("commit", 2, 2), ("features_append", 2, 3), ("merge_seal", 1, None)]
     for where, n, parts in kills:
         proc = subprocess.run([sys.executable, "-c", _KILL_AT, where, str(n), *args], check=False, cwd=REPO, env=env,
                               start_new_session=True, capture_output=True, timeout=300)
