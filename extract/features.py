@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from extract.backbone import Backbone, load_backbone
 from extract.core.errors import UserError
-from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
+from extract.images import DEFAULT_MAX_PIXELS, ImageList, prepare_image
+from extract.inputs import list_inputs
 from extract.store import ResumableWriter, open_features
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def extract_features(
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
-    listing = list_images(images, root)
+    listing = list_inputs(images, root)
     bb = backbone or load_backbone(model, weights, device, image_size)
     if bb.needs_calibration:
         calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
