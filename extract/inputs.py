@@ -32,13 +32,14 @@ def list_inputs(source: str | os.PathLike, root: str | os.PathLike | None = None
 
 def _read_column(src: Path) -> list[str]:
     try:
+        import pyarrow as pa
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
     except ImportError:
         raise UserError(f"reading {src} needs pyarrow (installed with buscador[ray])") from None
     try:
         table = pq.read_table(src) if src.suffix.lower() == ".parquet" else pcsv.read_csv(src)
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses for bad files
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserError(f"cannot read {src} as a {src.suffix.lstrip('.')} table ({exc.__class__.__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     names = table.column_names

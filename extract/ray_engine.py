@@ -28,7 +28,13 @@ import numpy as np
 from tqdm import tqdm
 
 from extract.core.errors import UserError
-from extract.features import BN_IMAGES, MATCH_KEYS, ExtractSummary, calibrate, calibration_ids
+from extract.features import (
+    BN_IMAGES,
+    MATCH_KEYS,
+    ExtractSummary,
+    calibrate,
+    calibration_ids,
+)
 from extract.images import DEFAULT_MAX_PIXELS, prepare_image
 from extract.inputs import list_inputs
 from extract.shards import ShardRecord, ShardStore

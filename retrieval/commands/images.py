@@ -131,3 +131,24 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
     result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads,
                                allocator_baseline)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
+@click.command("extract-engines")
+@click.option("--model", default="resnet18", show_default=True)
+@click.option("--weights", default="none", show_default=True)
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(min=16))
+@click.option("--images", default=384, show_default=True, type=click.IntRange(min=2), help="Drawn JPEGs (500x375).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes / CPUs.")
+@click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), help="Forward threads (the Ray actor's CPUs) [all cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def benchmark_engines_cmd(model: str, weights: str, image_size: int, images: int, batch_size: int, workers: int,
+                          shard_size: int, threads: int | None, as_json: bool) -> None:
+    """Images/s of the Ray engine on one machine against the local engine (same run, images and model)."""
+    import json
+
+    from extract.bench.engines import benchmark_engines, format_engines
+
+    result = benchmark_engines(model, weights, image_size, images, batch_size, workers, shard_size, threads)
+    click.echo(json.dumps(result, indent=1) if as_json else format_engines(result))
