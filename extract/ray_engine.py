@@ -122,6 +122,7 @@ def _dataset(ray, plan: dict[int, list[str]], root: Path, bb, state_ref, device:
              gpus_per_actor: float, cpus_per_actor: float, batch_size: int, max_pixels: int):
     import pyarrow as pa
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the engine's own bar counts images
     tables = [pa.table({"shard": np.full(len(ids), k, np.int64), "id": pa.array(ids, pa.string())})
               for k, ids in plan.items()]
     ds = ray.data.from_arrow(tables)

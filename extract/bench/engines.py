@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def benchmark_engines(model: str = "resnet18", weights: str = "none", image_size: int | None = 112,
-                      images: int = 384, batch_size: int = 16, workers: int = 1, shard_size: int = 64,
+                      images: int = 384, batch_size: int = 16, workers: int = 1, shard_size: int = 16,
                       threads: int | None = None) -> dict:
     """Images/s of the local and the Ray engine on the same ``images`` drawn JPEGs (500x375)."""
     import ray
@@ -71,6 +71,7 @@ def benchmark_engines(model: str = "resnet18", weights: str = "none", image_size
             "ray_steady_images_per_s": round(steady, 2),
             "ratio_end_to_end": round(s.images_per_s / local, 3) if local else 0.0,
             "ratio_steady": round(steady / local, 3) if local else 0.0,
+            "load_average": round(os.getloadavg()[0], 1),
             "same_ids": a.ids == b.ids and a.failed == b.failed,
             "max_abs_diff": float(np.abs(a.load() - b.load()).max()) if len(a) else 0.0,
         }
@@ -88,5 +89,6 @@ def format_engines(r: dict) -> str:
          "(first to last shard)"),
         (f"ray engine, overall: {r['ray_end_to_end_images_per_s']:.1f} images/s = {r['ratio_end_to_end']:.3f} x local "
          f"(job start-up included; ray.init took {r['ray_init_s']:.1f} s more)"),
-        f"same ids and failed list: {r['same_ids']}, max |local - ray| = {r['max_abs_diff']:.2e}",
+        (f"same ids and failed list: {r['same_ids']}, max |local - ray| = {r['max_abs_diff']:.2e}; "
+         f"load average {r['load_average']} at the end"),
     ])

@@ -140,7 +140,7 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
 @click.option("--images", default=384, show_default=True, type=click.IntRange(min=2), help="Drawn JPEGs (500x375).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes / CPUs.")
-@click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--shard-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="Forward threads (the Ray actor's CPUs) [all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def benchmark_engines_cmd(model: str, weights: str, image_size: int, images: int, batch_size: int, workers: int,
