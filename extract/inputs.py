@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from pathlib import Path
 
 from extract.core.errors import UserError
@@ -56,8 +57,11 @@ def _list_table(src: Path, base: Path) -> ImageList:
     ids, seen, dups = [], set(), 0
     abs_base = os.path.abspath(base)
     for entry in entries:
-        full = entry if os.path.isabs(entry) else os.path.join(abs_base, entry)
-        i = Path(os.path.relpath(os.path.abspath(full), abs_base)).as_posix()
+        # a plain relative POSIX path is its own id (normalised); only the others pay for abspath/relpath
+        i = posixpath.normpath(entry) if not (entry.startswith(("/", "..")) or "\\" in entry) else None
+        if i is None or i.startswith(".."):
+            full = entry if os.path.isabs(entry) else os.path.join(abs_base, entry)
+            i = Path(os.path.relpath(os.path.abspath(full), abs_base)).as_posix()
         if i in seen:
             dups += 1
             continue

@@ -152,7 +152,11 @@ class ShardStore:
         xb = np.asarray(xb, dtype=np.float32).reshape(len(ids), self.dim)
         sha = content_sha256(ids, xb, failed)
         name = f"shard-{index:06d}.h5"
-        write_features(self.folder / name, ids, xb, dict(self.config, shard=index, content_sha256=sha), failed)
+        try:
+            write_features(self.folder / name, ids, xb, dict(self.config, shard=index, content_sha256=sha), failed)
+        except OSError as exc:
+            raise UserError(f"cannot write shard {self.folder / name} ({exc.strerror or exc}); free space or fix "
+                            "permissions and run the same command again: finished shards are kept") from None
         rec = ShardRecord(index, name, len(ids), len(failed), open_features(self.folder / name).fingerprint, sha)
         self.records[index] = rec
         self._done.update(ids)
@@ -171,10 +175,14 @@ class ShardStore:
 
     def merge(self, writer: ResumableWriter) -> Path:
         """Commit every shard (in shard order, content verified) through ``writer``, finalize, drop the shards."""
-        for index in sorted(self.records):
-            ids, xb, failed = self._verified(self.records[index])
-            writer.commit(ids, xb, failed)
-        out = writer.finalize()
+        try:
+            for index in sorted(self.records):
+                ids, xb, failed = self._verified(self.records[index])
+                writer.commit(ids, xb, failed)
+            out = writer.finalize()
+        except OSError as exc:
+            raise UserError(f"cannot merge the shards into {self.out} ({exc.strerror or exc}); free space (or pass "
+                            "--virtual) and run the same command again: the shards are kept") from None
         shutil.rmtree(self.folder, ignore_errors=True)
         return out
 
