@@ -148,9 +148,11 @@ def _gather(ds, plan: dict[int, list[str]], shards: ShardStore, on_shard, bar, t
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for k, i, feat, why in zip(batch["shard"], batch["id"], batch["feature"], batch["reason"]):
             k, i = int(k), str(i)
+            if k in shards.records:
+                continue  # a retried batch delivered again after its shard was written
             rows = pending.setdefault(k, {})
             if i in rows:
-                continue  # a retried batch delivered twice: keep the first copy
+                continue  # delivered twice: keep the first copy
             rows[i] = (None if why else feat, str(why))
             bar.update(1)
             if len(rows) == len(plan[k]):
