@@ -139,7 +139,7 @@ def _dataset(ray, plan: dict[int, list[str]], root: Path, bb, state_ref, device:
     )
 
 
-def _gather(ds, plan: dict[int, list[str]], shards: ShardStore, on_shard, bar, tally: dict) -> None:
+def gather_shards(ds, plan: dict[int, list[str]], shards: ShardStore, on_shard, bar, tally: dict) -> None:
     """Collect rows per shard (order-free, each id once) and write every shard as soon as it is complete.
 
     ``tally`` counts what this run wrote (``written``: rows, ``failed``: ``[(id, reason)]``).
@@ -264,7 +264,7 @@ def _attempts(ray, todo, shards, root, bb, state_ref, device, actors, gpus_per_a
                           batch_size, max_pixels)
             bar.reset(total=len(left))
             try:
-                _gather(ds, plan, shards, on_shard, bar, tally)
+                gather_shards(ds, plan, shards, on_shard, bar, tally)
             except (ray.exceptions.RayError, RuntimeError) as exc:
                 lost = len([i for i in left if i not in shards.done])
                 if attempt == attempts:

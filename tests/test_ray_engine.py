@@ -216,3 +216,44 @@ def test_gpu_actor_matches_the_local_gpu_engine(ray_cluster, corpus, tmp_path):
     xa, xb = a.load(), b.load()
     cos = (xa * xb).sum(1) / np.linalg.norm(xa, axis=1) / np.linalg.norm(xb, axis=1)
     assert cos.min() > 0.999  # half-precision autocast: batch composition moves the last bits
+
+
+class _Rows:
+    """Stands in for a Ray dataset: yields the given batches from ``iter_batches``."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def iter_batches(self, **_):
+        yield from self.batches
+
+
+def _batch(rows, dim=2):
+    return {"shard": np.array([k for k, _, _ in rows]), "id": np.array([i for _, i, _ in rows], dtype=object),
+            "feature": np.array([np.full(dim, v, np.float32) for _, _, v in rows]).reshape(len(rows), dim),
+            "reason": np.array(["bad" if v < 0 else "" for _, _, v in rows], dtype=object)}
+
+
+def test_gathering_is_order_free_and_takes_each_id_once(tmp_path):
+    from extract.ray_engine import gather_shards
+
+    plan = {0: ["a", "b", "c"], 1: ["d", "e"]}
+    store = ShardStore(tmp_path / "f.h5", {"model": "m"}, 2)
+    # rows of both shards interleaved and out of order; "b" delivered twice (a retried batch), "e" failed,
+    # and "a" arrives again after shard 0 was written
+    batches = [_batch([(1, "e", -1), (0, "c", 3), (0, "b", 2)]), _batch([(0, "b", 9), (1, "d", 4), (0, "a", 1)]),
+               _batch([(0, "a", 7)])]
+    tally = {"written": 0, "failed": []}
+    written = []
+    gather_shards(_Rows(batches), plan, store, written.append, _NoBar(), tally)
+    assert [r.index for r in written] == [1, 0] and tally == {"written": 4, "failed": [("e", "bad")]}
+    s0, s1 = open_features(store.folder / "shard-000000.h5"), open_features(store.folder / "shard-000001.h5")
+    assert s0.ids == ["a", "b", "c"] and s1.ids == ["d"] and s1.failed == [("e", "bad")]
+    np.testing.assert_array_equal(s0.load()[:, 0], [1, 2, 3])  # plan order, first copy of "b"
+    with pytest.raises(RuntimeError, match="1 shards came back incomplete"):
+        gather_shards(_Rows([_batch([(2, "f", 1)])]), {2: ["f", "g"]}, store, None, _NoBar(), tally)
+
+
+class _NoBar:
+    def update(self, _n):
+        pass
