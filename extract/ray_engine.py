@@ -222,8 +222,10 @@ def extract_features_ray(
                   image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels,
                   engine="ray", shard_size=shard_size)
     bb.config = config
-    writer = None if virtual else ResumableWriter(out, config, bb.dim, MATCH_KEYS)
     shards = ShardStore(out, config, bb.dim, MATCH_KEYS)
+    if not virtual and shards.is_virtual_output():
+        raise UserError(f"{out} is a virtual file over {shards.folder}; pass --virtual to add images to it")
+    writer = None if virtual else ResumableWriter(out, config, bb.dim, MATCH_KEYS)
     ids = listing.ids[:limit] if limit else listing.ids
     done = shards.done | (writer.done if writer is not None else set())
     skipped = sum(1 for i in ids if i in done)

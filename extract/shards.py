@@ -175,6 +175,9 @@ class ShardStore:
 
     def merge(self, writer: ResumableWriter) -> Path:
         """Commit every shard (in shard order, content verified) through ``writer``, finalize, drop the shards."""
+        if self.is_virtual_output():
+            raise UserError(f"{self.out} is a virtual file over {self.folder}; pass --virtual to add images to it "
+                            "(merging would remove the shards it reads)")
         try:
             for index in sorted(self.records):
                 ids, xb, failed = self._verified(self.records[index])
@@ -186,16 +189,24 @@ class ShardStore:
         shutil.rmtree(self.folder, ignore_errors=True)
         return out
 
+    def is_virtual_output(self) -> bool:
+        """True when ``out`` is a virtual file over this shard folder (merging would delete its data)."""
+        if not self.out.exists():
+            return False
+        try:
+            with h5py.File(self.out, "r") as f:
+                return f.attrs.get("virtual_shards") == self.folder.name
+        except OSError:
+            return False
+
     def write_virtual(self) -> Path:
         """Write ``out`` as ids + failed list + a virtual ``/features`` over the shard files (kept in place).
 
         The shard folder must stay beside ``out``; nothing is copied, so the disk holds the features once.
         """
-        if self.out.exists():
-            with h5py.File(self.out, "r") as f:
-                if f.attrs.get("virtual_shards") != self.folder.name:
-                    raise UserError(f"{self.out} is a complete feature file; a virtual one over {self.folder} "
-                                    "would replace it: pass another output file")
+        if self.out.exists() and not self.is_virtual_output():
+            raise UserError(f"{self.out} is a complete feature file; a virtual one over {self.folder} "
+                            "would replace it: pass another output file")
         recs = [self.records[k] for k in sorted(self.records)]
         ids: list[str] = []
         failed: list[tuple[str, str]] = []

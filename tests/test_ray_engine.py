@@ -172,6 +172,11 @@ def test_virtual_output_reads_like_a_merged_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ff.load([4, 0]), xb[[4, 0]])
     assert (tmp_path / "out" / "f.h5.shards" / "shard-000002.h5").exists()
     store.write_virtual()  # a virtual file over the same shards may be rewritten
+    from extract.store import ResumableWriter
+
+    with pytest.raises(UserError, match="pass --virtual"):  # merging would delete what it reads
+        store.merge(ResumableWriter(out, config, 3, MATCH_KEYS))
+    assert (tmp_path / "out" / "f.h5.shards" / "shard-000002.h5").exists()
     import h5py
 
     with h5py.File(out, "r+") as f:
