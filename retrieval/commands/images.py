@@ -137,7 +137,8 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
 @click.option("--model", default="resnet18", show_default=True)
 @click.option("--weights", default="none", show_default=True)
 @click.option("--image-size", default=112, show_default=True, type=click.IntRange(min=16))
-@click.option("--images", default=384, show_default=True, type=click.IntRange(min=2), help="Drawn JPEGs (500x375).")
+@click.option("--images", default=64, show_default=True, type=click.IntRange(min=2),
+              help="Drawn JPEGs (500x375); each engine runs on this many and on twice as many.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes / CPUs.")
 @click.option("--shard-size", default=16, show_default=True, type=click.IntRange(min=1))
