@@ -104,6 +104,9 @@ def benchmark_engines(model: str = "resnet18", weights: str = "none", image_size
             runs[engine][part] = (time.perf_counter() - t0, cpu.seconds() - c0)
 
         def local(src: Path, out: Path) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
             extract_features(src, out, workers=workers, **common)
 
         def on_ray(src: Path, out: Path) -> None:
