@@ -215,6 +215,7 @@ def extract_features_ray(
     from extract.backbone import load_backbone
 
     listing = list_inputs(images, root)
+    session = _connect(address, num_cpus) if address is not None else None  # a wrong address fails first
     bb = load_backbone(model, weights, "cpu", image_size)
     if bb.needs_calibration:
         calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
@@ -233,7 +234,7 @@ def extract_features_ray(
     written, failed = 0, []
     todo = [i for i in ids if i not in done]
     if todo:
-        ray, started = _connect(address, num_cpus)
+        ray, started = session or _connect(address, num_cpus)
         try:
             state_ref = ray.put({k: v.cpu() for k, v in bb.module.state_dict().items()})
             written, failed = _attempts(ray, todo, shards, listing.root, bb, state_ref, actor_device, actors,
@@ -242,6 +243,8 @@ def extract_features_ray(
         finally:
             if started:
                 ray.shutdown()
+    elif session is not None and session[1]:
+        session[0].shutdown()
     compute_s = time.perf_counter() - t0
     result = shards.write_virtual() if virtual else shards.merge(writer)
     log.info("ray engine: %.2f s extracting, %.2f s %s", compute_s, time.perf_counter() - t0 - compute_s,
