@@ -229,9 +229,10 @@ class ShardStore:
         with atomic_path(self.out) as tmp:
             shutil.copyfile(base, tmp)
             with h5py.File(tmp, "r+") as f:
-                del f["ids"], f["features"]
-                f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
-                f.create_virtual_dataset("features", layout)
+                if ids:  # with no rows at all the store's empty datasets stay as they are
+                    del f["ids"], f["features"]
+                    f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
+                    f.create_virtual_dataset("features", layout)
                 f.attrs["count"] = len(ids)
                 f.attrs["virtual_shards"] = self.folder.name
                 f.attrs["fingerprint"] = fingerprint(ids, (len(ids), self.dim))
