@@ -34,14 +34,15 @@ log = logging.getLogger(__name__)
 class _TreeCpu:
     """CPU time (user + system) of this process, its reaped children and every descendant seen alive.
 
-    Ray's daemons and workers descend from the process that started the local cluster, and Ray ends
-    its workers itself (their time never reaches ``RUSAGE_CHILDREN``), so a thread samples
-    ``/proc/*/stat`` every ``every`` seconds and keeps the largest count seen per process.
+    Ray's daemons name their session folder on their command line (``markers``) and its workers
+    descend from them; Ray ends its workers itself (their time never reaches ``RUSAGE_CHILDREN``), so
+    a thread samples ``/proc/*/stat`` every ``every`` seconds and keeps the largest count per process.
     """
 
     def __init__(self, every: float = 0.25):
         self.every = every
         self.seen: dict[int, int] = {}
+        self.markers: list[bytes] = []  # command-line parts that make a process a root too (Ray's session dir)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -67,12 +68,20 @@ class _TreeCpu:
                     continue
                 parent[int(entry.name)] = int(fields[1])
                 ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-        me = os.getpid()
+        roots = {os.getpid()}
+        if self.markers:
+            for pid in ticks:
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if any(m in cmd for m in self.markers):
+                    roots.add(pid)
         for pid, t in ticks.items():
             p = pid
-            while p in parent and p not in (0, 1, me):
+            while p in parent and p not in roots and p not in (0, 1):
                 p = parent[p]
-            if p == me and pid != me:
+            if p in roots and pid != os.getpid():
                 self.seen[pid] = max(self.seen.get(pid, 0), t)
 
     def seconds(self) -> float:
@@ -116,8 +125,9 @@ def benchmark_engines(model: str = "resnet18", weights: str = "none", image_size
         with _TreeCpu() as cpu:
             timed("local", "half", local)
             t0 = time.perf_counter()
-            ray.init(num_cpus=workers + threads, include_dashboard=False, log_to_driver=False)
+            context = ray.init(num_cpus=workers + threads, include_dashboard=False, log_to_driver=False)
             init_s = time.perf_counter() - t0
+            cpu.markers.append(str(context.address_info["session_dir"]).encode())  # Ray's daemons leave our tree
             try:
                 timed("ray", "warm", on_ray)  # the first job on a fresh cluster also pays its workers' imports
                 timed("ray", "half", on_ray)
