@@ -2,7 +2,7 @@
 
 Decoding and resizing run in DataLoader worker processes and travel as ``uint8`` tensors; the main
 process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
-(autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.store.ResumableWriter`,
+(autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.parts.ResumableWriter`,
 so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
 changed images (:mod:`extract.collection`); with nothing to do it returns before loading a model.
 ``embed_images`` embeds a few new images exactly as a
@@ -36,7 +36,8 @@ from extract.collection import (
 )
 from extract.core.errors import UserError
 from extract.core.files import ensure_writable
-from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
+from extract.images import DEFAULT_MAX_PIXELS, ImageList, prepare_image
+from extract.inputs import list_inputs
 from extract.parts import ResumableWriter, read_state
 from extract.store import open_features, storable_id
 
@@ -199,7 +200,7 @@ def extract_features(
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
     out = Path(out)
     ensure_writable(out)  # before any model is loaded
-    listing = list_images(images, root)
+    listing = list_inputs(images, root)
     state = read_state(out)
     check_root(state, listing, out)
     ids = listing.ids[:limit] if limit else listing.ids

@@ -247,7 +247,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_sources(f: h5py.File, group: str, n: int) -> list[SourceStat]:
-    if f"{group}/sha256" not in f:
+    if f"{group}/sha256" not in f or f[f"{group}/sha256"].shape[0] != n:  # older or virtual files: unknown
         return [NO_SOURCE] * n
     g = f[group]
     shas = [s.decode("ascii") for s in g["sha256"][...]]
