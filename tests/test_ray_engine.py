@@ -79,7 +79,7 @@ def test_ray_matches_local_through_the_cli(ray_cluster, corpus, tmp_path):
                                       "--weights", "none", "--image-size", "64", "--batch-size", "4",
                                       "--shard-size", "5", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "24 written, 0 skipped as already done, 2 failed" in result.output
+    assert "24 new, 0 changed (extracted again), 0 unchanged, 2 failed" in result.output
     ff = open_features(out)
     assert ff.ids == local.ids and ff.failed == local.failed
     assert np.abs(ff.load() - local.load()).max() <= ATOL
@@ -88,7 +88,7 @@ def test_ray_matches_local_through_the_cli(ray_cluster, corpus, tmp_path):
     assert not shards_dir(out).exists() and not out.with_name("ray.h5.parts").exists()
     again = CliRunner().invoke(cli, ["extract", str(images), str(out), "--engine", "ray", "--model", "resnet18",
                                      "--weights", "none", "--image-size", "64", "--quiet"])
-    assert again.exit_code == 0 and "0 written, 26 skipped as already done" in again.output  # no Ray job at all
+    assert again.exit_code == 0 and "0 new, 0 changed (extracted again), 26 unchanged" in again.output  # no Ray job at all
 
 
 def test_killed_actor_and_resume_from_manifest(ray_cluster, corpus, tmp_path):
