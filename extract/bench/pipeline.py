@@ -71,7 +71,7 @@ def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> tuple[floa
 
 def _ready_batch(bb: Backbone, paths: list[Path]) -> torch.Tensor:
     """The first images of the benchmark, decoded and normalised once: the bare forward's input."""
-    arrays = [prepare_image(p, bb.image_size)[0] for p in paths]
+    arrays = [prepare_image(p, bb.preprocessing, decoder=bb.decoder)[0] for p in paths]
     return bb.normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
 
