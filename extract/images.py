@@ -102,11 +102,11 @@ class Decoder:
     """How image files become pixels.
 
     ``library``: ``pil`` decodes everything with Pillow; ``simplejpeg`` decodes RGB and grayscale JPEGs
-    with libjpeg-turbo (through simplejpeg) and every other file with Pillow. ``jpeg_scaling``: a JPEG is
-    decoded at the smallest DCT scale whose shorter side still reaches the preprocessing's ``resize``
-    (Pillow's draft mode: 1/2, 1/4, 1/8; libjpeg-turbo: any n/8), so a large photo's full-size pixels
-    are never produced. Features differ slightly between decoders, so the decoder is part of a feature
-    file's identity.
+    with libjpeg-turbo (through simplejpeg, with less per-image overhead than Pillow) and every other file
+    with Pillow. ``jpeg_scaling``: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    shorter side still reaches the preprocessing's ``resize``, so a large photo's full-size pixels are
+    never produced. Decoders may differ slightly (libjpeg builds, fallbacks), so the decoder is part of
+    a feature file's identity.
     """
 
     library: str = "pil"
@@ -271,13 +271,19 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, dr
 
 
 def _simplejpeg(path: Path, header: Image.Image, draft_size: int | None) -> Image.Image | None:
-    """libjpeg-turbo decode (scaled to keep the shorter side >= ``draft_size``), made upright; None on bad data."""
+    """libjpeg-turbo decode, made upright; None on bad data.
+
+    The DCT scale is 1/2, 1/4 or 1/8, the smallest that keeps the shorter side >= ``draft_size``, as
+    Pillow's draft mode picks it: libjpeg-turbo's n/8 scales (7/8, 5/8...) would leave the final resize
+    almost 1:1, so the DCT truncation rather than the interpolation would shape the pixels.
+    """
     import simplejpeg
 
     data = path.read_bytes()
-    side = int(draft_size or 0)
     try:
-        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=side, min_width=side)
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        scale = next((s for s in (8, 4, 2) if draft_size and min(h, w) // s >= draft_size), 1)  # as Pillow's draft
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // scale), min_width=-(-w // scale))
     except ValueError:
         return None  # corrupt or truncated: Pillow decodes what it tolerates and names the fault
     im = Image.fromarray(arr, "RGB")

@@ -325,12 +325,16 @@ def test_files_without_recorded_preprocessing_get_the_square_crop_they_were_made
     assert np.array_equal(prepare_image(tmp_path / "s.jpg", pre, decoder=dec)[0], expected)
 
 
-@pytest.mark.parametrize("library, decoded", [("pil", (500, 375)), ("simplejpeg", (375, 282))])
-def test_jpeg_dct_scaling_decodes_small_and_lands_on_the_same_crop(tmp_path, library, decoded):
+@pytest.mark.parametrize("library", DECODERS)
+@pytest.mark.parametrize("size, draft, decoded", [((1000, 750), 232, (500, 375)), ((1000, 750), 180, (250, 188)),
+                                                  ((1000, 750), 400, (1000, 750)), ((600, 2000), 70, (75, 250))])
+def test_jpeg_dct_scaling_decodes_small_and_lands_on_the_same_crop(tmp_path, library, size, draft, decoded):
     path = tmp_path / "big.jpg"
-    _scene((1000, 750)).save(path, quality=92)
-    im, reason = load_image(path, draft_size=232, library=library)
-    assert reason is None and im.size == decoded  # Pillow: 1/2 (750 // 232 = 3); libjpeg-turbo: 3/8
+    _scene(size).save(path, quality=92)
+    im, reason = load_image(path, draft_size=draft, library=library)
+    assert reason is None and im.size == decoded  # 1/2, 1/4, 1/8: the smallest keeping the shorter side >= draft
+    if draft != 232:
+        return
     assert load_image(path, library=library)[0].size == (1000, 750)
     pre = Preprocessing(232, 224)
     full, _ = prepare_image(path, pre, decoder=Decoder(library, jpeg_scaling=False))
