@@ -7,7 +7,7 @@ COCO-style JSON (``images[].file_name``). Image ids are POSIX paths relative to 
 instead (corrupt or truncated data, not an image, too many pixels, unreadable file), so one bad file
 never stops an extraction. :class:`Preprocessing` (resize, centre crop, interpolation, mean/std, as
 the weights define them) and :class:`Decoder` (library, JPEG DCT-domain scaling) are frozen configs
-recorded with every feature file; see :mod:`extract.preprocess` for where they come from.
+recorded with every feature file; :mod:`extract.backbone` takes them from the weights.
 """
 
 from __future__ import annotations
