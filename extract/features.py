@@ -30,10 +30,10 @@ from extract.images import (
     Decoder,
     ImageList,
     Preprocessing,
-    list_images,
     prepare_image,
     recorded_preprocessing,
 )
+from extract.inputs import list_inputs
 from extract.store import ResumableWriter, open_features
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def extract_features(
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
-    listing = list_images(images, root)
+    listing = list_inputs(images, root)
     bb = backbone or load_backbone(model, weights, device, image_size)
     if bb.needs_calibration:
         calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
