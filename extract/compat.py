@@ -24,7 +24,7 @@ from extract.store import FeatureFile
 log = logging.getLogger(__name__)
 
 PREPROCESSING_KEYS = ("image_size", "resize", "resize_size", "crop_size", "interpolation", "mean", "std",
-                      "preprocessing")
+                      "preprocessing", "decoder")
 # What makes two feature files the same space: the network (and its random init / calibration) and its input.
 SPACE_KEYS = ("model", "weights", "weights_sha256", "seed", "bn_calibration_sha", *PREPROCESSING_KEYS)
 

@@ -5,8 +5,8 @@ process normalises on the device, runs the backbone in ``channels_last`` under `
 (autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.parts.ResumableWriter`,
 so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
 changed images (:mod:`extract.collection`); with nothing to do it returns before loading a model.
-``embed_images`` embeds a few new images exactly as a
-feature file's images were embedded (same model, weights and preprocessing).
+``embed_images`` embeds a few new images exactly as a feature file's images were embedded (same model,
+weights, preprocessing and decoder).
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ from extract.collection import (
 )
 from extract.core.errors import UserError
 from extract.core.files import ensure_writable
-from extract.images import DEFAULT_MAX_PIXELS, ImageList, prepare_image
+from extract.images import (
+    DEFAULT_MAX_PIXELS,
+    Decoder,
+    ImageList,
+    Preprocessing,
+    prepare_image,
+    recorded_preprocessing,
+)
 from extract.inputs import list_inputs
 from extract.parts import ResumableWriter, read_state
 from extract.store import open_features, storable_id
@@ -44,8 +51,9 @@ from extract.store import open_features, storable_id
 log = logging.getLogger(__name__)
 
 # Config keys that must agree between a feature file (or an unfinished run) and a run resuming it.
-MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "bn_calibration_sha",
-              "image_root")
+# "resize" (a readable summary of preprocessing and decoder) also refuses files made before the structured keys.
+MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "preprocessing",
+              "decoder", "resize", "bn_calibration_sha", "image_root")
 BN_IMAGES = 64
 _CALIBRATION_BATCH = 16
 
@@ -93,9 +101,10 @@ class ExtractSummary:
 class _ImageDataset(Dataset):
     """Item ``i`` -> ``(i, (S, S, 3) uint8 tensor or None, reason or None)``; decoding never raises."""
 
-    def __init__(self, paths: Sequence[Path], image_size: int, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, decoder: Decoder, max_pixels: int):
         self.paths = list(paths)
-        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.decoder = decoder
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
@@ -103,7 +112,7 @@ class _ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         source = source_stat(self.paths[i])  # size, mtime, sha256 of the bytes decoded next
-        arr, reason = prepare_image(self.paths[i], self.image_size, self.max_pixels)
+        arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder)
         return i, (None if arr is None else torch.from_numpy(arr)), reason, source
 
 
@@ -119,10 +128,10 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _loader(paths: Sequence[Path], image_size: int, max_pixels: int, batch_size: int, workers: int,
+def _loader(paths: Sequence[Path], bb: Backbone, max_pixels: int, batch_size: int, workers: int,
             pin: bool) -> DataLoader:
     return DataLoader(
-        _ImageDataset(paths, image_size, max_pixels),
+        _ImageDataset(paths, bb.preprocessing, bb.decoder, max_pixels),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -147,11 +156,11 @@ def calibration_ids(listing: ImageList, count: int = BN_IMAGES, max_pixels: int 
     return chosen
 
 
-def _calibration_batches(root: Path, ids: list[str], image_size: int, max_pixels: int) -> Iterator[torch.Tensor]:
+def _calibration_batches(root: Path, ids: list[str], bb: Backbone, max_pixels: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(ids), _CALIBRATION_BATCH):
         arrs = []
         for i in ids[start : start + _CALIBRATION_BATCH]:
-            arr, reason = prepare_image(root / i, image_size, max_pixels)
+            arr, reason = prepare_image(root / i, bb.preprocessing, max_pixels, bb.decoder)
             if arr is None:
                 raise UserError(f"calibration image {root / i} cannot be read ({reason}); it is needed to "
                                 "rebuild the random-init backbone: restore it or re-extract")
@@ -161,7 +170,7 @@ def _calibration_batches(root: Path, ids: list[str], image_size: int, max_pixels
 
 def calibrate(backbone: Backbone, root: Path, ids: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Recalibrate a random-init backbone's BatchNorm statistics on ``root/ids`` (in that order)."""
-    backbone.recalibrate(_calibration_batches(root, ids, backbone.image_size, max_pixels), ids)
+    backbone.recalibrate(_calibration_batches(root, ids, backbone, max_pixels), ids)
     backbone.config["bn_calibration_ids"] = list(ids)
     backbone.config["bn_calibration_files"] = calibration_files(Path(root), list(ids))
     backbone.config["bn_calibration_root"] = str(Path(root).resolve())
@@ -246,8 +255,7 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
          max_pixels: int, quiet: bool, commit_seconds: float) -> tuple[int, list[tuple[str, str]]]:
     if not todo:
         return 0, []
-    loader = _loader([root / i for i in todo], bb.image_size, max_pixels, batch_size, workers,
-                     pin=bb.device.type == "cuda")
+    loader = _loader([root / i for i in todo], bb, max_pixels, batch_size, workers, pin=bb.device.type == "cuda")
     written, failed = 0, []
     pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]], dict]] = []
     spent = {"waiting for images": 0.0, "forward": 0.0, "writing": 0.0}
@@ -301,12 +309,16 @@ def _lap(spent: dict[str, float], key: str, since: float) -> float:
 
 
 def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
-    """Rebuild the backbone that made a feature file, from its config; refuses different weights."""
+    """Rebuild the backbone that made a feature file, from its config; refuses different weights.
+
+    The preprocessing and decoder are the recorded ones (:func:`~extract.images.recorded_preprocessing`).
+    """
     if config.get("model") in (None, "imported"):
         raise UserError("this feature file was imported from precomputed vectors and records no backbone; "
                         "embed new images with a file made by `cli.py extract`")
     weights = {"file": config.get("weights_source", "")}.get(config.get("weights"), config.get("weights", "imagenet"))
-    bb = load_backbone(config["model"], weights, device, config.get("image_size"), config.get("seed") or 0)
+    pre, dec = recorded_preprocessing(config)
+    bb = load_backbone(config["model"], weights, device, seed=config.get("seed") or 0, preprocessing=pre, decoder=dec)
     if config.get("weights_sha256", "") != bb.config["weights_sha256"]:
         raise UserError(f"weights of {config['model']} differ: the feature file was made with sha256 "
                         f"{config.get('weights_sha256')!r}, found {bb.config['weights_sha256']!r} at "
@@ -339,7 +351,7 @@ def embed_images(paths: Sequence[str | os.PathLike], config_or_backbone: dict | 
     rows, failed, batch = [], [], []
     for p in list(paths) + [None]:
         if p is not None:
-            arr, reason = prepare_image(p, bb.image_size, max_pixels)
+            arr, reason = prepare_image(p, bb.preprocessing, max_pixels, bb.decoder)
             if arr is None:
                 failed.append((str(p), reason))
             else:

@@ -35,7 +35,13 @@ from extract.features import (
     calibrate,
     calibration_ids,
 )
-from extract.images import DEFAULT_MAX_PIXELS, prepare_image
+from extract.images import (
+    DEFAULT_MAX_PIXELS,
+    Decoder,
+    Preprocessing,
+    prepare_image,
+    recorded_preprocessing,
+)
 from extract.inputs import list_inputs
 from extract.parts import ResumableWriter
 from extract.shards import ShardRecord, ShardStore
@@ -46,12 +52,13 @@ log = logging.getLogger(__name__)
 RAY_HINT = "pip install 'buscador[ray]'"
 
 
-def _decode(batch: dict, root: str, image_size: int, max_pixels: int) -> dict:
+def _decode(batch: dict, root: str, preprocessing: dict, decoder: dict, max_pixels: int) -> dict:
     """Ray task: ``{shard, id}`` rows -> ``+ image (n, S, S, 3) uint8, reason ('' when readable)``."""
-    images = np.zeros((len(batch["id"]), image_size, image_size, 3), np.uint8)
+    pre, dec = Preprocessing.from_config(preprocessing), Decoder.from_config(decoder)
+    images = np.zeros((len(batch["id"]), pre.crop, pre.crop, 3), np.uint8)
     reasons = []
     for r, i in enumerate(batch["id"]):
-        arr, reason = prepare_image(Path(root) / str(i), image_size, max_pixels)
+        arr, reason = prepare_image(Path(root) / str(i), pre, max_pixels, dec)
         if arr is not None:
             images[r] = arr
         reasons.append(reason or "")
@@ -67,7 +74,7 @@ class _Embedder:
     convolution kernels for a single image differ from the batched ones in the last float bits).
     """
 
-    def __init__(self, model: str, image_size: int, seed: int, device: str, threads: int, state: list, config: dict,
+    def __init__(self, model: str, seed: int, device: str, threads: int, state: list, config: dict,
                  batch_size: int):
         import ray
         import torch
@@ -76,7 +83,8 @@ class _Embedder:
 
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.bb = load_backbone(model, "none", device, image_size, seed)
+        pre, dec = recorded_preprocessing(config)
+        self.bb = load_backbone(model, "none", device, seed=seed, preprocessing=pre, decoder=dec)
         self.bb.module.load_state_dict(ray.get(state[0]))
         self.bb.config = dict(config)
         self.pin = self.bb.device.type == "cuda"
@@ -128,12 +136,13 @@ def _dataset(ray, plan: dict[int, list[str]], root: Path, bb, state_ref, device:
               for k, ids in plan.items()]
     ds = ray.data.from_arrow(tables)
     ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=1,
-                        fn_kwargs={"root": str(root), "image_size": bb.image_size, "max_pixels": max_pixels})
+                        fn_kwargs={"root": str(root), "preprocessing": bb.preprocessing.to_config(),
+                                   "decoder": bb.decoder.to_config(), "max_pixels": max_pixels})
     return ds.map_batches(
         _Embedder, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor,
-        fn_constructor_kwargs={"model": bb.config["model"], "image_size": bb.image_size,
+        fn_constructor_kwargs={"model": bb.config["model"],
                                "seed": bb.config.get("seed") or 0, "device": device,
                                "threads": max(1, int(cpus_per_actor)), "state": [state_ref], "config": bb.config,
                                "batch_size": batch_size},

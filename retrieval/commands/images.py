@@ -40,7 +40,7 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels [model default, 224].")
+@click.option("--image-size", type=click.IntRange(min=16), help="Crop size N in pixels; the shorter side is resized to N*resize/crop [the weights' own crop, e.g. 224].")
 @click.option("--limit", type=click.IntRange(min=1), help="Process at most this many images of the list.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path),
               help="Image root for ids and relative paths [the folder, or the list file's folder].")
