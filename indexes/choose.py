@@ -2,7 +2,7 @@
 
 Memory counts everything a loaded index holds (faiss's own layout, checked against written indexes in the
 tests): the codes, 8 bytes of id per vector in IVF lists, the coarse quantizer (``K * d' * 4`` bytes, plus
-its HNSW graph), the PCA/OPQ matrix, the PQ/SQ codebooks, an HNSW graph (about ``2 * M * 4 * 1.05``
+its HNSW graph), the PCA/OPQ matrices (PCA keeps the full ``d x d`` eigenvectors too), the PQ/SQ codebooks, an HNSW graph (about ``2 * M * 4 * 1.05``
 bytes per vector, levels and offsets included), a re-ranking stage's vectors, and a direct map (8 bytes
 per vector) where one is made.
 
@@ -101,7 +101,11 @@ def estimate_bytes(factory: str, n: int, d: int, direct_map: bool = False) -> di
     for t in transforms:
         m = _FIELD.match(t)
         out = int(m.group(2) or m.group(4) or d)
-        parts["transform"] = parts.get("transform", 0) + dim * out * 4 + dim * 4
+        if t.startswith("PCA"):  # faiss keeps the full d x d eigenvector matrix besides the d' x d projection
+            size = (dim * dim + dim * out + 3 * dim) * 4 + (out * out * 4 if "R" in t else 0)
+        else:  # OPQ: the d' x d rotation
+            size = (dim * out + out) * 4
+        parts["transform"] = parts.get("transform", 0) + size
         dim = out
     if main == "Flat":
         parts["codes"] = n * 4 * dim

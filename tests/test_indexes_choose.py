@@ -48,7 +48,7 @@ def test_exact_knn_over_blocks_equals_brute_force():
     rng = np.random.default_rng(0)
     xb = rng.random((1000, 8), dtype=np.float32)
     xq = rng.random((7, 8), dtype=np.float32)
-    D, I = exact_knn(xq, (xb[i : i + 300] for i in range(0, 1000, 300)), 5, "l2")
+    _, I = exact_knn(xq, (xb[i : i + 300] for i in range(0, 1000, 300)), 5, "l2")
     ref = ((xq[:, None] - xb[None]) ** 2).sum(-1)
     assert np.array_equal(I, np.argsort(ref, axis=1, kind="stable")[:, :5])
     _, I = exact_knn(xq, iter([xb[:3]]), 5, "ip")  # fewer rows than k: empty slots are -1

@@ -97,7 +97,7 @@ def test_malformed_sidecar_is_one_clear_line(corpus, edit, message):
 
 
 def test_read_only_or_foreign_output_folder_is_refused_before_any_work(corpus, monkeypatch, tmp_path):
-    root, path, _ids, _xb = corpus
+    _root, path, _ids, _xb = corpus
     import indexes.build
 
     def never(*a, **k):

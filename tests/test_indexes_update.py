@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cli import cli
 from extract.store import write_features
 from indexes.bench.synthetic import clustered
-from indexes.build import IndexConfig, build_index_dir, normalize_rows
+from indexes.build import normalize_rows
 from indexes.io import load_index
 from indexes.search import Collection
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from extract.core.errors import UserError
 from indexes import exact
 from indexes.bench.synthetic import SyntheticFeatures
 from indexes.build import (
@@ -25,7 +26,7 @@ from indexes.build import (
     normalize_rows,
     recall_at,
 )
-from indexes.params import set_search_params, tunable_parameter
+from indexes.params import coupled_params, set_search_params, tunable_parameter
 from indexes.search import search, single_threaded_for
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
     else:
         name, values = knob
         for value in values:
-            set_search_params(built.index, {name: value})
+            set_search_params(built.index, coupled_params(name, value, built.index))
             point = _operating_point(built.index, xq, gt, k, min(n_single, 50))
             sweep.append({"param": f"{name}={value}", **point})
             plateau = len(sweep) >= 3 and sweep[-1]["recall@10"] - sweep[-3]["recall@10"] < 0.002
@@ -114,7 +115,7 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
     ok = [p for p in sweep if p["recall@10"] >= target] or sweep[-1:]
     best = min(ok, key=lambda p: p["p50_ms"])
     if knob is not None:  # re-measure the chosen point with the full number of single queries
-        set_search_params(built.index, {knob[0]: int(best["param"].split("=")[1])})
+        set_search_params(built.index, coupled_params(knob[0], int(best["param"].split("=")[1]), built.index))
         best = {"param": best["param"], **_operating_point(built.index, xq, gt, k, n_single)}
     row.update(best)
     log.info("result: %s", json.dumps(row))
@@ -146,21 +147,61 @@ def speed_benchmark(n: int, d: int, factories: Sequence[str], nq: int = 1000, se
     return {"n": n, "d": d, "nq": nq, "exact_batch_qps": round(nq / exact_s, 1), "rows": rows}
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _in_child(fn, *args):
+    """Run ``fn(*args)`` in a forked process and return ``(result, its peak RSS in MiB)``, so each
+    measurement's peak memory is its own."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def work():
+        try:
+            child.send((fn(*args), peak_rss_mib(), None))
+        except (UserError, RuntimeError, MemoryError, ValueError) as exc:  # reported to the parent
+            child.send((None, peak_rss_mib(), f"{type(exc).__name__}: {exc}"))
+
+    proc = ctx.Process(target=work)
+    proc.start()
+    result, rss, error = parent.recv()
+    proc.join()
+    if error:
+        raise RuntimeError(error)
+    return result, rss
+
+
+def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet) -> dict:
+    from indexes.build import auto_factory, n_lists
+    from indexes.choose import estimate_bytes
+
+    src = SyntheticFeatures(n, d, seed)
+    xq = normalize_rows(src.queries(nq))
+    _, gt, exact_s = exact_knn(src, xq, 10)
+    factory = (auto_factory(n, d, memory_budget, max_query_ms, train_size) if kind == "auto"
+               else kind.format(nlist=n_lists(n)))
+    log.info("scaling: %s on %d x %d", factory, n, d)
+    row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet)
+    row["exact_batch_qps"] = round(nq / exact_s, 1)
+    row["estimated_mib"] = round(estimate_bytes(factory, n, d)["total"] / 2**20, 1)
+    return row
+
+
 def scaling_benchmark(sizes: Sequence[int], d: int, nq: int = 200, seed: int = 0, target: float = 0.95,
                       memory_budget: int = 2 << 30, train_size: int = 65536, kind: str = "auto",
-                      quiet: bool = True) -> list[dict]:
-    """For each N: the ``auto`` index under ``memory_budget`` (so large N gets a compressed kind), or ``kind``,
-    a factory string where ``{nlist}`` stands for the guideline's number of lists for that N."""
-    from indexes.build import auto_factory, n_lists
-
+                      max_query_ms: float | None = None, quiet: bool = True) -> list[dict]:
+    """For each N (each in its own process, for its peak RSS): the ``auto`` index under ``memory_budget`` and
+    ``max_query_ms``, or ``kind``, a factory string where ``{nlist}`` stands for the guideline's list count.
+    Recall is on fresh queries (not stored vectors) against exact search."""
     rows = []
     for n in sizes:
-        src = SyntheticFeatures(n, d, seed)
-        xq = normalize_rows(src.queries(nq))
-        _, gt, exact_s = exact_knn(src, xq, 10)
-        factory = auto_factory(n, d, memory_budget) if kind == "auto" else kind.format(nlist=n_lists(n))
-        log.info("scaling: %s on %d x %d", factory, n, d)
-        row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet)
-        row["exact_batch_qps"] = round(nq / exact_s, 1)
+        row, rss = _in_child(_scaling_row, n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet)
+        row["peak_rss_mib"] = round(rss, 1)
         rows.append(row)
     return rows
