@@ -16,14 +16,11 @@ the value is lowered until a single query fits that time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -39,12 +36,22 @@ from indexes.choose import (
     n_lists,
 )
 from indexes.exact import METRICS, faiss_metric, recall_at
+from indexes.fill import (
+    INDEX_SHARE,
+    PrefixChanged,
+    fill,
+    sample_rows,
+    train,
+    train_rows,
+)
+from indexes.io import check_writable, read_sidecar, save_index
 from indexes.params import refine_stage, set_search_params, tunable_parameter
+from indexes.state import features_record
+from indexes.update import plan_update, update_index
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 8 << 30
-INDEX_SHARE, SAMPLE_SHARE, BLOCK_SHARE = 0.6, 0.25, 0.1
 
 __all__ = ["FLAT_MAX_N", "METRICS", "ArrayFeatures", "BuiltIndex", "IndexConfig", "auto_factory", "build_index",
            "faiss_metric", "make_index", "n_lists", "normalize_rows", "parse_size", "recall_at"]
@@ -85,11 +92,6 @@ def auto_factory(n: int, d: int, memory_budget: int = DEFAULT_BUDGET, max_query_
     return factory
 
 
-def budget_rows(memory_budget: int, d: int, share: float) -> int:
-    """Rows of ``d`` float32 that fit ``share`` of ``memory_budget`` (at least 256)."""
-    return max(256, int(memory_budget * share) // (4 * d))
-
-
 def make_index(factory: str, d: int, metric: str):
     """An empty faiss index from a factory string; a bad string is a :class:`UserError`."""
     import faiss
@@ -105,19 +107,6 @@ def make_index(factory: str, d: int, metric: str):
     if hasattr(inner, "do_polysemous_training"):
         inner.do_polysemous_training = False
     return index
-
-
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if size >= n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=size, replace=False))
-
-
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=quiet or not sys.stderr.isatty())
 
 
 class ArrayFeatures:
@@ -150,107 +139,11 @@ class BuiltIndex:
     meta: dict
 
 
-def check_finite(xb: np.ndarray, start: int, source) -> None:
-    """Refuse a block with NaN/inf values, naming the file, the first bad row and its id."""
-    bad = ~np.isfinite(xb).all(axis=1)
-    if bad.any():
-        row = start + int(np.argmax(bad))
-        ids = getattr(source, "ids", None)
-        name = f" (id {ids[row]!r})" if ids is not None and row < len(ids) else ""
-        raise UserError(f"{source.path} has NaN or infinite values in row {row}{name} ({int(bad.sum())} such rows in "
-                        f"rows {start}-{start + len(xb) - 1}); re-extract those images or drop them, then build again")
-
-
 def resolve_factory(n: int, d: int, config: IndexConfig) -> str:
     """The factory string to build: ``config.factory``, or the ``auto`` choice for ``n`` x ``d``."""
     if config.factory != "auto":
         return config.factory
-    return auto_factory(n, d, config.memory_budget, config.max_query_ms, min(config.train_size, _train_rows(d, config)))
-
-
-def _train_rows(d: int, config: IndexConfig) -> int:
-    return budget_rows(config.memory_budget, d, SAMPLE_SHARE)
-
-
-def _block_rows(d: int, config: IndexConfig) -> int:
-    return min(config.block_rows, budget_rows(config.memory_budget, d, BLOCK_SHARE))
-
-
-class PrefixChanged(Exception):
-    """The rows an index already holds differ from the same rows of the feature source."""
-
-
-def fill(index, ff, config: IndexConfig, start_row: int = 0, quiet: bool = False, calib: Calibration | None = None,
-         prefix_sha256: str | None = None) -> str:
-    """Add rows ``start_row..`` of ``ff`` to ``index`` block by block (finite-checked, normalised for cosine).
-
-    Returns the sha256 of all rows' float32 bytes in order. Rows below ``start_row`` are only hashed, and
-    with ``prefix_sha256`` they must give that hash (else :class:`PrefixChanged`, before anything is added).
-    With ``calib`` (only for ``start_row == 0``) its exact answers are computed over the same blocks.
-    """
-    h = hashlib.sha256()
-    block_rows = _block_rows(ff.dim, config)
-    with _progress(len(ff) - start_row, f"adding to {config.factory}", quiet) as bar:
-
-        def blocks():
-            for start, xb in ff.iter_blocks(block_rows):
-                if start < start_row:
-                    cut = min(len(xb), start_row - start)
-                    h.update(np.ascontiguousarray(xb[:cut], dtype=np.float32).tobytes())
-                    if start + cut == start_row and prefix_sha256 is not None and h.hexdigest() != prefix_sha256:
-                        raise PrefixChanged
-                    xb, start = xb[cut:], start + cut
-                    if not len(xb):
-                        continue
-                check_finite(xb, start, ff)
-                h.update(np.ascontiguousarray(xb, dtype=np.float32).tobytes())
-                if config.normalize:
-                    normalize_rows(xb)
-                index.add(xb)
-                bar.update(len(xb))
-                yield xb
-
-        if calib is None:
-            for _ in blocks():
-                pass
-        else:
-            calib.ground_truth(blocks())
-    return h.hexdigest()
-
-
-def train(index, ff, factory: str, config: IndexConfig) -> int:
-    """Train ``index`` on a seeded sample of ``ff`` (within the sample's share of the budget); returns its size."""
-    import faiss
-
-    size = min(config.train_size, _train_rows(ff.dim, config))
-    rows = _sample_rows(len(ff), size, config.seed)
-    xt = ff.load(rows)
-    bad = ~np.isfinite(xt).all(axis=1)
-    if bad.any():  # find the file's first bad row to name it (a read of the file, on this error path only)
-        for start, xb in ff.iter_blocks(_block_rows(ff.dim, config)):
-            check_finite(xb, start, ff)
-    if config.normalize:
-        normalize_rows(xt)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.cp.niter = config.kmeans_iters  # 10 k-means rounds: cells barely move after that
-    log.info("training on a sample of %d vectors", len(xt))
-    try:
-        index.train(xt)
-    except RuntimeError as exc:
-        raise UserError(f"cannot train {factory!r} on {len(xt)} vectors ({str(exc).strip().splitlines()[-1]}); "
-                        "use fewer lists/centroids or a Flat index") from None
-    return len(xt)
-
-
-def features_record(ff) -> dict:
-    """What the sidecar records of the feature source: path, fingerprint, model, config, and a content
-    check (ids in order, and a sample of rows) that lets a grown file be recognised (:mod:`indexes.update`)."""
-    from indexes.update import source_state
-
-    return {"path": str(Path(ff.path).resolve()) if not str(ff.path).startswith("synthetic:") else str(ff.path),
-            "fingerprint": ff.fingerprint, "model": ff.config.get("model"), "config": ff.config,
-            **source_state(ff, len(ff))}
+    return auto_factory(n, d, config.memory_budget, config.max_query_ms, min(config.train_size, train_rows(d, config)))
 
 
 def build_index(
@@ -277,7 +170,7 @@ def build_index(
     train_n = 0 if index.is_trained else train(index, ff, factory, config)
     calib = None
     if tunable_parameter(index) is not None and n > 1:
-        rows = _sample_rows(n, config.calibration_queries, config.seed + 1)
+        rows = sample_rows(n, config.calibration_queries, config.seed + 1)
         calib = Calibration(ff.load(rows), rows, config.metric, n)
     content = fill(index, ff, replace(config, factory=factory), 0, quiet, calib)
     build_seconds = time.perf_counter() - t0
@@ -330,12 +223,9 @@ def build_index_dir(
     The sidecar's ``update`` says what happened: ``built`` (new folder), ``added`` (only the new rows were
     added to the existing index) or ``rebuilt`` (with the reason).
     """
-    from indexes.io import check_writable, read_sidecar, save_index
-    from indexes.update import plan_update, update_index
-
     check_writable(out_dir)
     ff = open_source(features)
-    action, reason, previous = plan_update(out_dir, ff, config) if incremental else ("built", "", None)
+    action, reason, previous = plan_update(out_dir, ff, config, resolve_factory(len(ff), ff.dim, config)) if incremental else ("built", "", None)
     if action == "unchanged":
         return dict(previous.meta, update={"action": action, "reason": reason, "rows_before": previous.meta["n"]})
     if action == "added":

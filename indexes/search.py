@@ -150,7 +150,7 @@ class Collection:
         from extract.store import open_features
         from indexes.io import check_features, load_index
         from indexes.sources import open_shards
-        from indexes.update import stale_report
+        from indexes.state import stale_report
 
         t0 = time.perf_counter()
         self.loaded = load_index(index_dir, mmap=mmap)

@@ -11,64 +11,21 @@ codes were trained for the old rows alone, are rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from extract.core.errors import UserError
+from indexes.fill import fill
+from indexes.io import SIDECAR_FILE, load_index
+from indexes.state import features_record, grown_from, source_state
 
 log = logging.getLogger(__name__)
 
-_CHECK_ROWS = 16
 _SAME_OPTIONS = ("metric", "target_recall", "max_query_ms", "train_size", "seed", "kmeans_iters", "calibration_queries")
 MAX_GROWTH = 2.0  # an IVF index whose rows more than doubled is retrained
-
-
-def ids_sha256(ids, n: int) -> str:
-    h = hashlib.sha256()
-    for i in ids[:n]:
-        h.update(str(i).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def rows_sha256(ff, n: int) -> str:
-    """sha256 of ``_CHECK_ROWS`` rows spread evenly over the first ``n`` rows (float32 bytes)."""
-    rows = np.unique(np.linspace(0, max(n - 1, 0), _CHECK_ROWS).astype(np.int64)) if n else np.zeros(0, np.int64)
-    return hashlib.sha256(np.ascontiguousarray(ff.load(rows), dtype=np.float32).tobytes()).hexdigest()
-
-
-def source_state(ff, n: int) -> dict:
-    """The sidecar's record of the first ``n`` rows of a feature source, and the file's size and mtime."""
-    state = {"rows": int(n), "ids_sha256": ids_sha256(ff.ids, n), "rows_sha256": rows_sha256(ff, n)}
-    path = Path(str(ff.path))
-    if path.is_file():
-        st = path.stat()
-        state.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
-    return state
-
-
-def grown_from(meta: dict, ff) -> bool:
-    """True when ``ff`` is the feature source the index was built from with rows appended."""
-    feats = meta["features"]
-    n = meta["n"]
-    if "ids_sha256" not in feats or len(ff) <= n or ff.dim != meta["d"]:
-        return False
-    return ids_sha256(ff.ids, n) == feats["ids_sha256"] and rows_sha256(ff, n) == feats.get("rows_sha256")
-
-
-def stale_report(meta: dict, ff, folder: str | os.PathLike) -> str | None:
-    """A warning when the index covers only the first rows of a feature file that grew after the build."""
-    if ff.fingerprint == meta["features"]["fingerprint"] or not grown_from(meta, ff):
-        return None
-    return (f"the index {folder} is stale: it covers {meta['n']} of the {len(ff)} rows of {ff.path} (rows were added "
-            f"after it was built), so the {len(ff) - meta['n']} new images cannot be found; run "
-            f"`cli.py index build {ff.path} {folder}` to add them")
 
 
 def _can_add(index) -> str | None:
@@ -83,11 +40,9 @@ def _can_add(index) -> str | None:
     return f"{type(inner).__name__} codes are trained for the rows they were built from"
 
 
-def plan_update(out_dir: str | os.PathLike, ff, config) -> tuple[str, str, object]:
-    """``(action, reason, previous)``: ``built`` (no index yet), ``added``, ``unchanged`` or ``rebuilt``."""
-    from indexes.build import resolve_factory
-    from indexes.io import SIDECAR_FILE, load_index
-
+def plan_update(out_dir: str | os.PathLike, ff, config, factory: str) -> tuple[str, str, object]:
+    """``(action, reason, previous)`` for building ``factory`` (resolved) over ``ff`` into ``out_dir``:
+    ``built`` (no index yet), ``added``, ``unchanged`` or ``rebuilt``."""
     folder = Path(out_dir)
     if not (folder / SIDECAR_FILE).exists():
         return "built", "", None
@@ -97,7 +52,6 @@ def plan_update(out_dir: str | os.PathLike, ff, config) -> tuple[str, str, objec
         return "rebuilt", f"the existing index cannot be used ({exc})", None
     meta = prev.meta
     old_cfg = meta.get("index_config") or {}
-    factory = resolve_factory(len(ff), ff.dim, config) if config.factory == "auto" else config.factory
     changed = [k for k in _SAME_OPTIONS if k in old_cfg and old_cfg[k] != getattr(config, k)]
     if meta["d"] != ff.dim:
         return "rebuilt", f"the index holds {meta['d']}-d vectors, {ff.path} {ff.dim}-d ones", prev
@@ -125,10 +79,8 @@ def update_index(prev, ff, config, quiet: bool = False) -> tuple[object, dict]:
     """Add rows ``prev.meta['n']..`` of ``ff`` to the loaded index ``prev``; returns ``(index, sidecar)``.
 
     The rows the index holds are read and hashed first (one pass over the file with the new rows): when
-    they differ from the build's :class:`~indexes.build.PrefixChanged` is raised and nothing is added.
+    they differ from the build's :class:`~indexes.fill.PrefixChanged` is raised and nothing is added.
     """
-    from indexes.build import features_record, fill
-
     meta = {k: v for k, v in prev.meta.items() if k not in ("files", "format_version", "update")}
     n0 = meta["n"]
     t0 = time.perf_counter()

@@ -15,23 +15,23 @@ from indexes.bench.synthetic import clustered_blocks
 N, D, BUDGET = 60_000, 128, 8 << 20
 
 _CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import numpy as np
     from indexes.build import ArrayFeatures, IndexConfig, build_index_dir
     from indexes.bench.synthetic import clustered
 
-    def rss_mib():
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+    def status_mib(field):  # VmRSS now, VmHWM peak (per process image: not inherited through fork + exec)
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(field)) / 1024
 
     features, out, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
     config = IndexConfig(memory_budget=budget)
     # warm-up: libraries allocate their buffers (BLAS, OpenMP, HDF5) on first use
     build_index_dir(features, out + "-warm", IndexConfig(factory="IVF16,PQ64x4fs", train_size=2000, memory_budget=budget,
                                                          calibration_queries=50), quiet=True)
-    base = rss_mib()
+    base = status_mib("VmRSS")
     meta = build_index_dir(features, out, config, quiet=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mib("VmHWM")
     print(json.dumps({"base": base, "peak": peak, "factory": meta["factory"], "n": meta["n"]}))
 """)
 

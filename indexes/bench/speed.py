@@ -148,10 +148,18 @@ def speed_benchmark(n: int, d: int, factories: Sequence[str], nq: int = 1000, se
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    import resource
+    """Peak resident memory of this process (MiB): ``VmHWM``, since the last :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current RSS (Linux ``/proc/self/clear_refs``), e.g. in a forked child."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        log.debug("cannot reset the peak RSS; the figure includes the parent's memory at fork")
 
 
 def _in_child(fn, *args):
@@ -163,6 +171,7 @@ def _in_child(fn, *args):
     parent, child = ctx.Pipe(duplex=False)
 
     def work():
+        reset_peak_rss()
         try:
             child.send((fn(*args), peak_rss_mib(), None))
         except (UserError, RuntimeError, MemoryError, ValueError) as exc:  # reported to the parent
