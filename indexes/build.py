@@ -4,44 +4,57 @@ Row ``i`` of the index is row ``i`` of the feature file's ``ids``. Features are 
 to the index block by block, so memory holds the index plus one block (and the training sample), never
 a second full copy of the features.
 
-The ``auto`` rule (after faiss's "Guidelines to choose an index"), with ``F = N * d * 4`` bytes the size
-of the raw float32 vectors and ``B`` the memory budget:
+``factory="auto"`` picks a kind under a memory budget and a latency budget (:mod:`indexes.choose`). Of the
+budget, 60% goes to the index and the rest to the training sample (25%) and the feature blocks being
+added (10%), so a build over a feature file bigger than memory stays within ``memory_budget``.
 
-* ``N <= 50,000`` and ``F <= B``: ``Flat``, exact search (brute force is a few ms per query there);
-* ``F <= B``: ``IVF{K},Flat``, vectors kept exactly, only the lists near the query are scanned;
-* ``F / 4 <= B``: ``IVF{K},SQ8``, 8-bit scalar quantisation (1 byte per dimension);
-* otherwise ``IVF{K},PQ{m}`` with the largest ``m`` (bytes per vector) whose codes fit in ``B``.
-
-``K`` is the power of two nearest ``4 * sqrt(N)`` (the guideline's lower end for N below 1M; also used
-above 1M, where the guideline's 65,536 lists would take hours to train on a few CPU cores), and never so
-large that a list would get fewer than 39 training points.
+Approximate indexes are calibrated on held-out queries: stored vectors searched with their own row left
+out of both the exact and the approximate answer (the question a fresh query asks), and the smallest
+``nprobe``/``efSearch`` reaching ``target_recall`` recall@10 becomes the default; with ``max_query_ms``
+the value is lowered until a single query fits that time.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
-import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from extract.core.arrays import normalize_rows
 from extract.core.errors import UserError
 from extract.store import FeatureFile, fingerprint_arrays, open_features
-from indexes.io import read_sidecar, save_index
-from indexes.params import set_search_params, tunable_parameter
+from indexes.calibrate import Calibration
+from indexes.choose import (
+    FLAT_MAX_N,
+    REFINE_CANDIDATES,
+    choose,
+    estimate_bytes,
+    n_lists,
+)
+from indexes.exact import METRICS, faiss_metric, recall_at
+from indexes.fill import (
+    INDEX_SHARE,
+    PrefixChanged,
+    fill,
+    sample_rows,
+    train,
+    train_rows,
+)
+from indexes.io import check_writable, read_sidecar, save_index
+from indexes.params import refine_stage, set_search_params, tunable_parameter
+from indexes.state import features_record
+from indexes.update import plan_update, update_index
 
 log = logging.getLogger(__name__)
 
-METRICS = ("cosine", "ip", "l2")
-FLAT_MAX_N = 50_000
 DEFAULT_BUDGET = 8 << 30
-_PQ_BYTES = (256, 128, 64, 32, 16, 8)
+
+__all__ = ["FLAT_MAX_N", "METRICS", "ArrayFeatures", "BuiltIndex", "IndexConfig", "auto_factory", "build_index",
+           "faiss_metric", "make_index", "n_lists", "normalize_rows", "parse_size", "recall_at"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class IndexConfig:
     block_rows: int = 16_384
     target_recall: float = 0.95
     calibration_queries: int = 200
+    max_query_ms: float | None = None
     kmeans_iters: int = 10
     seed: int = 0
     search_params: dict = field(default_factory=dict)
@@ -65,40 +79,17 @@ class IndexConfig:
         return self.metric == "cosine"
 
 
-def faiss_metric(metric: str) -> int:
-    """The faiss metric constant for ``cosine``/``ip`` (inner product) or ``l2``."""
-    import faiss
-
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-
-
-def n_lists(n: int) -> int:
-    """Number of IVF lists: the power of two nearest ``4 * sqrt(n)``, with >= 39 points per list."""
-    k = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
-    while k > 1 and n < 39 * k:
-        k //= 2
-    return max(k, 1)
-
-
-def auto_factory(n: int, d: int, memory_budget: int = DEFAULT_BUDGET) -> str:
-    """Pick a factory string for ``n`` vectors of dimension ``d`` within ``memory_budget`` bytes (see module doc)."""
-    flat_bytes = n * d * 4
-    if n <= FLAT_MAX_N and flat_bytes <= memory_budget:
-        return "Flat"
-    k = n_lists(n)
-    if flat_bytes <= memory_budget:
-        return f"IVF{k},Flat"
-    if flat_bytes // 4 <= memory_budget:
-        return f"IVF{k},SQ8"
-    for m in _PQ_BYTES:
-        if d % m == 0 and n * m <= memory_budget:
-            return f"IVF{k},PQ{m}"
-    raise UserError(
-        f"{n} x {d} vectors do not fit a memory budget of {memory_budget / 2**30:.1f} GiB even as 8-byte PQ codes; "
-        "raise --memory-budget"
-    )
+def auto_factory(n: int, d: int, memory_budget: int = DEFAULT_BUDGET, max_query_ms: float | None = None,
+                 train_rows: int | None = None) -> str:
+    """The ``auto`` factory string for ``n`` x ``d`` vectors: the index gets ``INDEX_SHARE`` of
+    ``memory_budget``; IVF lists are limited to one per 39 training rows (``train_rows``)."""
+    factory = choose(n, d, int(memory_budget * INDEX_SHARE), max_query_ms).factory
+    if train_rows is not None and "IVF" in factory:
+        k = int(re.search(r"IVF(\d+)", factory).group(1))
+        fit = n_lists(min(n, train_rows))
+        if fit < k:
+            factory = factory.replace(f"IVF{k}", f"IVF{fit}", 1)
+    return factory
 
 
 def make_index(factory: str, d: int, metric: str):
@@ -116,19 +107,6 @@ def make_index(factory: str, d: int, metric: str):
     if hasattr(inner, "do_polysemous_training"):
         inner.do_polysemous_training = False
     return index
-
-
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if size >= n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=size, replace=False))
-
-
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=quiet or not sys.stderr.isatty())
 
 
 class ArrayFeatures:
@@ -161,63 +139,52 @@ class BuiltIndex:
     meta: dict
 
 
+def resolve_factory(n: int, d: int, config: IndexConfig) -> str:
+    """The factory string to build: ``config.factory``, or the ``auto`` choice for ``n`` x ``d``."""
+    if config.factory != "auto":
+        return config.factory
+    return auto_factory(n, d, config.memory_budget, config.max_query_ms, min(config.train_size, train_rows(d, config)))
+
+
 def build_index(
     features: str | os.PathLike | FeatureFile,
     config: IndexConfig = IndexConfig(),
     quiet: bool = False,
 ) -> BuiltIndex:
-    """Build an index over every row of a feature file (see the module doc for ``factory="auto"``).
-
-    Approximate indexes are calibrated while they are filled: ``calibration_queries`` stored vectors are
-    searched exactly against every block as it is added, and afterwards the smallest ``nprobe`` /
-    ``efSearch`` reaching ``target_recall`` recall@10 is recorded as the default search parameter.
-    """
+    """Build an index over every row of a feature source (see the module doc for ``factory="auto"``)."""
     import faiss
 
-    ff = features if hasattr(features, "iter_blocks") else open_features(features)
+    ff = open_source(features)
     n, d = len(ff), ff.dim
     if n == 0:
         raise UserError(f"{ff.path} holds no feature rows; nothing to index")
-    factory = auto_factory(n, d, config.memory_budget) if config.factory == "auto" else config.factory
+    factory = resolve_factory(n, d, config)
     t0 = time.perf_counter()
     index = make_index(factory, d, config.metric)
-    log.info("building %s over %d x %d features (%s)", factory, n, d, config.metric)
-
-    train_n = 0
-    if not index.is_trained:
-        rows = _sample_rows(n, config.train_size, config.seed)
-        xt = ff.load(rows)
-        if config.normalize:
-            normalize_rows(xt)
-        train_n = len(xt)
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.cp.niter = config.kmeans_iters  # 10 k-means rounds: cells barely move after that
-        log.info("training on a sample of %d vectors", train_n)
-        try:
-            index.train(xt)
-        except RuntimeError as exc:
-            raise UserError(f"cannot train {factory!r} on {train_n} vectors ({str(exc).strip().splitlines()[-1]}); "
-                            "use fewer lists/centroids or a Flat index") from None
-        del xt
-
-    calib = _Calibration(ff, config) if tunable_parameter(index) is not None else None
-    with _progress(n, f"adding to {factory}", quiet) as bar:
-        for start, xb in ff.iter_blocks(config.block_rows):
-            if config.normalize:
-                normalize_rows(xb)
-            index.add(xb)
-            if calib is not None:
-                calib.add_block(start, xb, config.metric)
-            bar.update(len(xb))
+    try:
+        estimate = estimate_bytes(factory, n, d)["total"]
+    except UserError:
+        estimate = None
+    log.info("building %s over %d x %d features (%s)%s", factory, n, d, config.metric,
+             f"; about {estimate / 2**20:,.0f} MiB" if estimate else "")
+    train_n = 0 if index.is_trained else train(index, ff, factory, config)
+    calib = None
+    if tunable_parameter(index) is not None and n > 1:
+        rows = sample_rows(n, config.calibration_queries, config.seed + 1)
+        calib = Calibration(ff.load(rows), rows, config.metric, n)
+    content = fill(index, ff, replace(config, factory=factory), 0, quiet, calib)
     build_seconds = time.perf_counter() - t0
 
-    search_params = dict(config.search_params)
+    search_params = {}
+    if refine_stage(index) is not None:
+        search_params["k_factor"] = REFINE_CANDIDATES
+        set_search_params(index, search_params)
     calibration = None
     if calib is not None:
-        tuned, calibration = calib.tune(index, config.target_recall)
-        search_params = {**tuned, **search_params}
-        set_search_params(index, search_params)
+        tuned, calibration = calib.tune(index, config.target_recall, config.max_query_ms)
+        search_params.update(tuned)
+    search_params.update(config.search_params)
+    set_search_params(index, search_params)
 
     meta = {
         "factory": factory,
@@ -227,72 +194,50 @@ def build_index(
         "d": int(d),
         "build_seconds": round(build_seconds, 3),
         "train_size": train_n,
+        "estimated_bytes": estimate,
         "search_params": search_params,
         "calibration": calibration,
         "index_config": {k: v for k, v in asdict(config).items() if k != "search_params"},
-        "features": {
-            "path": str(Path(ff.path).resolve()),
-            "fingerprint": ff.fingerprint,
-            "model": ff.config.get("model"),
-            "config": ff.config,
-        },
+        "features": {**features_record(ff), "content_sha256": content},
         "faiss_version": faiss.__version__,
     }
     log.info("built %s: %d vectors in %.1f s", factory, index.ntotal, build_seconds)
     return BuiltIndex(index, meta)
 
 
-def recall_at(I: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of the exact top-``k`` (``gt``, (nq, >=k) int64) found in the approximate top-``k`` ``I``."""
-    hits = [len(set(a[:k].tolist()) & set(b[:k].tolist()) - {-1}) for a, b in zip(I, gt)]
-    return float(np.mean(hits)) / k
+def open_source(features):
+    """A feature source: an object with ``iter_blocks``/``load`` as is, a shard manifest, or a feature file."""
+    if hasattr(features, "iter_blocks"):
+        return features
+    from indexes.sources import open_shards
 
-
-class _Calibration:
-    """Exact top-10 of some stored vectors, accumulated block by block while the index is filled."""
-
-    k = 10
-
-    def __init__(self, ff: FeatureFile, config: IndexConfig):
-        import faiss
-
-        rows = _sample_rows(len(ff), config.calibration_queries, config.seed + 1)
-        self.xq = ff.load(rows)
-        if config.normalize:
-            normalize_rows(self.xq)
-        self.k = min(self.k, len(ff))
-        self.heap = faiss.ResultHeap(len(self.xq), self.k, keep_max=config.metric != "l2")
-
-    def add_block(self, start: int, xb: np.ndarray, metric: str) -> None:
-        import faiss
-
-        D, I = faiss.knn(self.xq, xb, min(self.k, len(xb)), metric=faiss_metric(metric))
-        self.heap.add_result(D, np.where(I >= 0, I + start, -1))
-
-    def tune(self, index, target: float) -> tuple[dict, dict]:
-        self.heap.finalize()
-        gt = self.heap.I
-        name, values = tunable_parameter(index)
-        best, reached = values[-1], 0.0
-        for value in values:
-            set_search_params(index, {name: value})
-            _, I = index.search(self.xq, self.k)
-            reached = recall_at(I, gt, self.k)
-            if reached >= target:
-                best = value
-                break
-        log.info("calibrated %s=%d: recall@%d %.3f on %d stored vectors", name, best, self.k, reached, len(self.xq))
-        return {name: best}, {"parameter": name, "value": best, f"recall@{self.k}": round(reached, 4),
-                              "queries": len(self.xq), "target": target}
+    return open_shards(features) or open_features(features)
 
 
 def build_index_dir(
-    features: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig(), quiet: bool = False
+    features: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig(), quiet: bool = False,
+    incremental: bool = True,
 ) -> dict:
-    """Build an index over ``features`` and save it to ``OUT_DIR`` (index.faiss + index.json); returns the sidecar."""
+    """Build (or, for a grown feature file, extend) the index in ``OUT_DIR``; returns the sidecar.
 
-    built = build_index(features, config, quiet=quiet)
-    save_index(built.index, built.meta, out_dir)
+    The sidecar's ``update`` says what happened: ``built`` (new folder), ``added`` (only the new rows were
+    added to the existing index) or ``rebuilt`` (with the reason).
+    """
+    check_writable(out_dir)
+    ff = open_source(features)
+    action, reason, previous = plan_update(out_dir, ff, config, resolve_factory(len(ff), ff.dim, config)) if incremental else ("built", "", None)
+    if action == "unchanged":
+        return dict(previous.meta, update={"action": action, "reason": reason, "rows_before": previous.meta["n"]})
+    if action == "added":
+        try:
+            index, meta = update_index(previous, ff, config, quiet)
+        except PrefixChanged:
+            action, reason = "rebuilt", f"the first {previous.meta['n']} rows of {ff.path} changed since the build"
+    if action != "added":
+        built = build_index(ff, config, quiet=quiet)
+        index, meta = built.index, built.meta
+    meta["update"] = {"action": action, "reason": reason, "rows_before": previous.meta["n"] if previous else 0}
+    save_index(index, meta, out_dir)
     return read_sidecar(out_dir)
 
 

@@ -142,18 +142,26 @@ class Collection:
     """An index folder opened for searching, with its feature file's ids (row i of the index = ids[i]).
 
     Arrays in, ids out: :meth:`search_vectors` takes query vectors, :meth:`search_ids` stored rows. Query
-    encoding (text, images) sits above, in :mod:`retrieval.search`.
+    encoding (text, images) sits above, in :mod:`retrieval.search`. ``stale`` is None, or the warning (with
+    the command to run) when the feature file grew after the index was built.
     """
 
     def __init__(self, index_dir: str | os.PathLike, features: str | os.PathLike | None = None, mmap: bool = True):
         from extract.store import open_features
         from indexes.io import check_features, load_index
+        from indexes.sources import open_shards
+        from indexes.state import stale_report
 
         t0 = time.perf_counter()
         self.loaded = load_index(index_dir, mmap=mmap)
         t1 = time.perf_counter()
-        self.features = open_features(features or self.loaded.features_path)
-        check_features(self.meta, self.features.fingerprint, self.features.path)
+        path = features or self.loaded.features_path
+        self.features = open_shards(path) or open_features(path)
+        self.stale = stale_report(self.meta, self.features, index_dir)
+        if self.stale:  # rows were appended after the build: the indexed rows still map to their ids
+            log.warning("%s", self.stale)
+        else:
+            check_features(self.meta, self.features.fingerprint, self.features.path)
         self.timings = {"index_load": t1 - t0, "ids_load": time.perf_counter() - t1}
 
     @property

@@ -83,7 +83,9 @@ def build_collection(root: Path, genres: bool = True) -> dict:
 
 def fake_features_module() -> types.SimpleNamespace:
     """Stands in for ``extract.features``: a backbone that embeds a drawn image by its colour."""
-    return types.SimpleNamespace(backbone_from_config=lambda config, device="cpu": "colour",
+    from extract.features import MATCH_KEYS
+
+    return types.SimpleNamespace(MATCH_KEYS=MATCH_KEYS, backbone_from_config=lambda config, device="cpu": "colour",
                                  embed_images=lambda paths, backbone: fake_embed_images(paths, {}))
 
 

@@ -39,7 +39,8 @@ def _exact(xb, xq, k, metric):
 
 @pytest.mark.parametrize(
     "factory, bound",
-    [("Flat", 1.0), ("HNSW32", 0.95), ("IVF32,Flat", 0.93), ("IVF32,SQ8", 0.92), ("SQfp16", 0.99), ("IVF16,PQ32x4fs", 0.65)],
+    [("Flat", 1.0), ("HNSW32", 0.95), ("IVF32,Flat", 0.93), ("IVF32,SQ8", 0.92), ("SQfp16", 0.99), ("IVF16,PQ32x4fs", 0.5),
+     ("PCAR64,IVF16_HNSW32,PQ32x4fs,Refine(SQ8)", 0.9), ("IVF16_HNSW32,SQ8", 0.9)],
 )
 def test_each_kind_against_exact_search(feats, factory, bound):
     path, xb = feats
@@ -64,28 +65,60 @@ def test_l2_metric_flat_matches_brute_force(feats):
     assert not built.meta["normalize"]
 
 
-def test_calibration_picks_smallest_parameter_reaching_target(feats):
-    path, _ = feats
+def test_calibration_on_held_out_queries_picks_smallest_parameter_reaching_target(feats):
+    path, xb = feats
     cfg = {"factory": "IVF64,Flat", "train_size": 4000, "calibration_queries": 100}
     easy = build_index(path, IndexConfig(**cfg, target_recall=0.0), quiet=True).meta
     hard = build_index(path, IndexConfig(**cfg, target_recall=1.01), quiet=True).meta
-    mid = build_index(path, IndexConfig(**cfg, target_recall=0.9), quiet=True).meta
+    mid_built = build_index(path, IndexConfig(**cfg, target_recall=0.9), quiet=True)
+    mid = mid_built.meta
     assert easy["search_params"] == {"nprobe": 1}
     assert hard["search_params"] == {"nprobe": 64} and hard["calibration"]["recall@10"] == 1.0
     assert mid["calibration"]["recall@10"] >= 0.9 and mid["calibration"]["value"] == mid["search_params"]["nprobe"]
-    assert mid["calibration"]["recall@10"] > easy["calibration"]["recall@10"]
+    assert mid["calibration"]["held_out"] and mid["calibration"]["recall@10"] > easy["calibration"]["recall@10"]
+    # the figure is what fresh queries see: recomputed by brute force on stored rows with their own row left out
+    rows = np.sort(np.random.default_rng(1).choice(N, 100, replace=False))
+    xn = normalize_rows(xb.copy())
+    sims = xn[rows] @ xn.T
+    sims[np.arange(100), rows] = -np.inf
+    gt = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    _, I = mid_built.index.search(xn[rows], 11)
+    own = [[r for r in found if r != q][:10] for found, q in zip(I, rows)]
+    assert abs(recall_at(np.array(own), gt, 10) - mid["calibration"]["recall@10"]) < 1e-6
+
+
+def test_latency_budget_lowers_the_parameter(feats):
+    path, _ = feats
+    cfg = {"factory": "IVF64,Flat", "train_size": 4000, "calibration_queries": 100, "target_recall": 1.01}
+    free = build_index(path, IndexConfig(**cfg), quiet=True).meta
+    tight = build_index(path, IndexConfig(**cfg, max_query_ms=1e-6), quiet=True).meta  # nothing is that fast
+    assert free["search_params"]["nprobe"] == 64
+    assert tight["search_params"]["nprobe"] == 1 and tight["calibration"]["within_latency"] is False
 
 
 def test_auto_rule():
     assert auto_factory(10_000, 2048) == "Flat"
-    assert auto_factory(100_000, 2048, 8 << 30) == f"IVF{n_lists(100_000)},Flat"
-    assert auto_factory(1_000_000, 2048, 4 << 30) == f"IVF{n_lists(1_000_000)},SQ8"
-    assert auto_factory(1_000_000, 2048, 1 << 30).endswith(",PQ256")
-    assert auto_factory(10_000, 2048, 1 << 20).startswith("IVF")  # Flat does not fit 1 MiB
+    assert auto_factory(100_000, 2048, 8 << 30) == f"IVF{n_lists(100_000)}_HNSW32,Flat"
+    assert auto_factory(1_000_000, 2048, 4 << 30) == f"IVF{n_lists(1_000_000)}_HNSW32,SQ8"
+    small = auto_factory(1_000_000, 2048, 1 << 30)
+    assert small.startswith("PCAR256,") and "x4fs" in small
+    assert auto_factory(10_000, 2048, 64 << 20).startswith("IVF")  # Flat (80 MB) does not fit 64 MiB
+    assert "IVF64" in auto_factory(100_000, 2048, 8 << 30, train_rows=2500)  # lists limited by the training sample
     with pytest.raises(UserError, match="memory budget"):
         auto_factory(10**9, 2048, 1 << 20)
     assert n_lists(100_000) == 1024 and n_lists(1_000_000) == 4096
     assert 39 * n_lists(500) <= 500
+
+
+def test_nan_rows_are_refused_naming_file_and_first_bad_row(tmp_path):
+    xb = clustered(600, 16, seed=3)
+    xb[417, 3] = np.nan
+    xb[500, 0] = np.inf
+    path = tmp_path / "f.h5"
+    write_features(path, [f"img/{i:04d}.png" for i in range(600)], xb, {"model": "resnet18"})
+    for factory in ("Flat", "IVF4,Flat"):  # while adding, and while training on a sample holding the rows
+        with pytest.raises(UserError, match=r"f\.h5 has NaN or infinite values in row 417 \(id 'img/0417.png'\)"):
+            build_index(path, IndexConfig(factory=factory, train_size=600), quiet=True)
 
 
 def test_parse_size():

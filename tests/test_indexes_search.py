@@ -107,8 +107,10 @@ def test_missing_and_corrupt_index(corpus, tmp_path):
     ix = tmp_path / "ix"
     build_index_dir(path, ix, IndexConfig(factory="Flat"), quiet=True)
     (ix / "index.faiss").write_bytes(b"garbage" * 10)
-    with pytest.raises(UserError, match="not a readable faiss index"):
+    with pytest.raises(UserError, match="index.faiss is 70 bytes but index.json says"):
         load_index(ix)
+    with pytest.raises(UserError, match="not a readable faiss index"):  # without the checksum check
+        load_index(ix, verify=False)
     (ix / "index.faiss").unlink()
     with pytest.raises(UserError, match="index.faiss is missing"):
         load_index(ix)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from extract.core.errors import UserError
+from indexes import exact
 from indexes.bench.synthetic import SyntheticFeatures
 from indexes.build import (
     IndexConfig,
@@ -24,7 +26,7 @@ from indexes.build import (
     normalize_rows,
     recall_at,
 )
-from indexes.params import set_search_params, tunable_parameter
+from indexes.params import coupled_params, set_search_params, tunable_parameter
 from indexes.search import search, single_threaded_for
 
 log = logging.getLogger(__name__)
@@ -44,21 +46,16 @@ def index_bytes(index) -> int:
 
 def exact_knn(src, xq: np.ndarray, k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray, float]:
     """Brute-force top-``k`` of ``xq`` over every block of ``src``: ``(D, I, seconds)`` (block generation excluded)."""
-    import faiss
+    gen0 = getattr(src, "gen_seconds", 0.0)
 
-    from indexes.build import faiss_metric
+    def blocks():
+        for _, xb in src.iter_blocks(65536):
+            yield normalize_rows(xb) if metric == "cosine" else xb
 
-    heap = faiss.ResultHeap(len(xq), k, keep_max=metric != "l2")
-    seconds = 0.0
-    for start, xb in src.iter_blocks(65536):
-        if metric == "cosine":
-            normalize_rows(xb)
-        t0 = time.perf_counter()
-        D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss_metric(metric))
-        heap.add_result(D, np.where(I >= 0, I + start, -1))
-        seconds += time.perf_counter() - t0
-    heap.finalize()
-    return heap.D, heap.I, seconds
+    t0 = time.perf_counter()
+    D, I = exact.exact_knn(xq, blocks(), k, metric)
+    seconds = time.perf_counter() - t0 - (getattr(src, "gen_seconds", 0.0) - gen0)
+    return D, I, seconds
 
 
 def _paired_latencies(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +106,7 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
     else:
         name, values = knob
         for value in values:
-            set_search_params(built.index, {name: value})
+            set_search_params(built.index, coupled_params(name, value, built.index))
             point = _operating_point(built.index, xq, gt, k, min(n_single, 50))
             sweep.append({"param": f"{name}={value}", **point})
             plateau = len(sweep) >= 3 and sweep[-1]["recall@10"] - sweep[-3]["recall@10"] < 0.002
@@ -118,7 +115,7 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
     ok = [p for p in sweep if p["recall@10"] >= target] or sweep[-1:]
     best = min(ok, key=lambda p: p["p50_ms"])
     if knob is not None:  # re-measure the chosen point with the full number of single queries
-        set_search_params(built.index, {knob[0]: int(best["param"].split("=")[1])})
+        set_search_params(built.index, coupled_params(knob[0], int(best["param"].split("=")[1]), built.index))
         best = {"param": best["param"], **_operating_point(built.index, xq, gt, k, n_single)}
     row.update(best)
     log.info("result: %s", json.dumps(row))
@@ -150,21 +147,70 @@ def speed_benchmark(n: int, d: int, factories: Sequence[str], nq: int = 1000, se
     return {"n": n, "d": d, "nq": nq, "exact_batch_qps": round(nq / exact_s, 1), "rows": rows}
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB): ``VmHWM``, since the last :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current RSS (Linux ``/proc/self/clear_refs``), e.g. in a forked child."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        log.debug("cannot reset the peak RSS; the figure includes the parent's memory at fork")
+
+
+def _in_child(fn, *args):
+    """Run ``fn(*args)`` in a forked process and return ``(result, its peak RSS in MiB)``, so each
+    measurement's peak memory is its own."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def work():
+        reset_peak_rss()
+        try:
+            child.send((fn(*args), peak_rss_mib(), None))
+        except (UserError, RuntimeError, MemoryError, ValueError) as exc:  # reported to the parent
+            child.send((None, peak_rss_mib(), f"{type(exc).__name__}: {exc}"))
+
+    proc = ctx.Process(target=work)
+    proc.start()
+    result, rss, error = parent.recv()
+    proc.join()
+    if error:
+        raise RuntimeError(error)
+    return result, rss
+
+
+def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet) -> dict:
+    from indexes.build import auto_factory, n_lists
+    from indexes.choose import estimate_bytes
+
+    src = SyntheticFeatures(n, d, seed)
+    xq = normalize_rows(src.queries(nq))
+    _, gt, exact_s = exact_knn(src, xq, 10)
+    factory = (auto_factory(n, d, memory_budget, max_query_ms, train_size) if kind == "auto"
+               else kind.format(nlist=n_lists(n)))
+    log.info("scaling: %s on %d x %d", factory, n, d)
+    row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet)
+    row["exact_batch_qps"] = round(nq / exact_s, 1)
+    row["estimated_mib"] = round(estimate_bytes(factory, n, d)["total"] / 2**20, 1)
+    return row
+
+
 def scaling_benchmark(sizes: Sequence[int], d: int, nq: int = 200, seed: int = 0, target: float = 0.95,
                       memory_budget: int = 2 << 30, train_size: int = 65536, kind: str = "auto",
-                      quiet: bool = True) -> list[dict]:
-    """For each N: the ``auto`` index under ``memory_budget`` (so large N gets a compressed kind), or ``kind``,
-    a factory string where ``{nlist}`` stands for the guideline's number of lists for that N."""
-    from indexes.build import auto_factory, n_lists
-
+                      max_query_ms: float | None = None, quiet: bool = True) -> list[dict]:
+    """For each N (each in its own process, for its peak RSS): the ``auto`` index under ``memory_budget`` and
+    ``max_query_ms``, or ``kind``, a factory string where ``{nlist}`` stands for the guideline's list count.
+    Recall is on fresh queries (not stored vectors) against exact search."""
     rows = []
     for n in sizes:
-        src = SyntheticFeatures(n, d, seed)
-        xq = normalize_rows(src.queries(nq))
-        _, gt, exact_s = exact_knn(src, xq, 10)
-        factory = auto_factory(n, d, memory_budget) if kind == "auto" else kind.format(nlist=n_lists(n))
-        log.info("scaling: %s on %d x %d", factory, n, d)
-        row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet)
-        row["exact_batch_qps"] = round(nq / exact_s, 1)
+        row, rss = _in_child(_scaling_row, n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet)
+        row["peak_rss_mib"] = round(rss, 1)
         rows.append(row)
     return rows

@@ -169,13 +169,22 @@ def format_report(report: dict) -> str:
         lines += [f"quality through {q['factory']} ({q['metric']}); equal to exact evaluation: "
                   + ", ".join(f"{n} {'yes' if s['agree'] else 'NO'}" for n, s in q["splits"].items()), format_table(table), ""]
     cols = ["factory", "n", "param", "build_s", "index_mib", "recall@10", "qps", "p50_ms", "p99_ms", "raw_p50_ms", "layer_ratio"]
+    extra = ["estimated_mib", "peak_rss_mib", "exact_batch_qps"]
     for title, rows in (("speed", (report.get("speed") or {}).get("rows")), ("scaling", report.get("scaling"))):
         if rows:
-            names = cols + (["exact_batch_qps"] if title == "scaling" else [])
+            names = cols + (extra if title == "scaling" else [])
             cells = [names] + [[str(r.get(c, "-")) for c in names] for r in rows]
             widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
             lines.append(title + (f" (exact batch QPS {report['speed']['exact_batch_qps']})" if title == "speed" else ""))
             lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells] + [""]
+    spec = report.get("spectrum")
+    if spec:
+        keys = list(spec["synthetic"])
+        lines.append(f"PCA spectrum, synthetic vs {spec['real_path']} ({spec['real_n']} real rows):")
+        lines.append("  " + "  ".join(f"{k}" for k in ["which"] + keys))
+        for which in ("real", "synthetic"):
+            lines.append("  " + "  ".join([which] + [str(spec[which][k]) for k in keys]))
+        lines.append("")
     cold = report.get("cold")
     if cold:
         lines.append(f"cold `cli.py search`: {cold['wall_s']:.2f} s wall (median of {cold['runs']}); "
@@ -183,10 +192,26 @@ def format_report(report: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
+def spectrum_comparison(real: str | os.PathLike, rows: int = 2000) -> dict:
+    """PCA-spectrum statistics of up to ``rows`` rows of a real feature file and of as many synthetic vectors
+    of the same dimension (:func:`indexes.bench.synthetic.spectrum_summary`)."""
+    from extract.store import open_features
+    from indexes.bench.synthetic import clustered, spectrum_summary
+
+    ff = open_features(real)
+    n = min(rows, len(ff))
+    xr = ff.load(np.arange(n))
+    return {"real_path": str(real), "real_n": n, "real": spectrum_summary(xr),
+            "synthetic": spectrum_summary(clustered(n, ff.dim, seed=0))}
+
+
 def run(quality_args: dict | None = None, speed_args: dict | None = None, scaling_args: dict | None = None,
-        cold_args: dict | None = None, plot_path: str | os.PathLike | None = None) -> dict:
+        cold_args: dict | None = None, plot_path: str | os.PathLike | None = None,
+        real_features: str | os.PathLike | None = None) -> dict:
     """Run the requested parts (each a dict of keyword arguments, or None to skip) and draw the plot."""
     report: dict = {}
+    if real_features:
+        report["spectrum"] = spectrum_comparison(real_features)
     if quality_args:
         report["quality"] = quality_benchmark(**quality_args)
     if speed_args:

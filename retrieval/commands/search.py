@@ -13,27 +13,54 @@ def index() -> None:
 
 
 @index.command("build")
-@click.argument("features", type=click.Path(exists=True, dir_okay=False))
+@click.argument("features", type=click.Path(exists=True))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--index", "factory", default="auto", show_default=True,
-              help="faiss factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64, SQ8, SQfp16, ...) or auto.")
+              help="faiss factory string (Flat, HNSW32, IVF1024,Flat, IVF1024_HNSW32,SQ8, "
+                   "PCAR256,IVF1024_HNSW32,PQ128x4fs,Refine(SQ8), ...) or auto.")
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine", show_default=True,
               help="cosine = inner product on L2-normalised vectors.")
-@click.option("--memory-budget", default="8GiB", show_default=True, help="Memory the index may use (for --index auto).")
+@click.option("--memory-budget", default="8GiB", show_default=True,
+              help="Memory the build may use: the index (60%), training sample and feature blocks.")
+@click.option("--max-query-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency budget of one query: auto picks a kind expected to fit it, and the search "
+                   "parameter is lowered until a measured single query does.")
 @click.option("--train-size", type=click.IntRange(min=1), default=65536, show_default=True, help="Training sample size.")
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
-              help="Recall@10 the default nprobe/efSearch must reach on stored vectors.")
+              help="Recall@10 the default nprobe/efSearch must reach on held-out queries.")
+@click.option("--rebuild", is_flag=True, help="Build from scratch even when only new rows would be added.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(features, out_dir, factory, metric, memory_budget, train_size, target_recall, quiet) -> None:
-    """Build an index over FEATURES.h5 and save OUT_DIR/index.faiss + OUT_DIR/index.json."""
+def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms, train_size, target_recall, rebuild,
+                quiet) -> None:
+    """Build an index over FEATURES.h5 (or a shard manifest.json) and save OUT_DIR/index.faiss + index.json.
+
+    When OUT_DIR already holds an index of a feature file that has since grown, only the new rows are
+    added (Flat, IVF and HNSW kinds); otherwise it is rebuilt, and the output says why.
+    """
     from indexes.build import IndexConfig, build_index_dir, parse_size
 
     config = IndexConfig(factory=factory, metric=metric, memory_budget=parse_size(memory_budget),
-                         train_size=train_size, target_recall=target_recall)
-    meta = build_index_dir(features, out_dir, config, quiet=quiet)
+                         train_size=train_size, target_recall=target_recall, max_query_ms=max_query_ms)
+    meta = build_index_dir(features, out_dir, config, quiet=quiet, incremental=not rebuild)
+    click.echo(format_build(out_dir, meta))
+
+
+def format_build(out_dir, meta: dict) -> str:
+    """One line: what happened to OUT_DIR, the kind, its size, the calibrated parameter."""
+    upd = meta.get("update") or {}
+    action = upd.get("action", "built")
     tuned = ", ".join(f"{k}={v}" for k, v in meta["search_params"].items())
-    click.echo(f"{out_dir}: {meta['factory']} ({meta['metric']}) over {meta['n']} x {meta['d']} in "
-               f"{meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}")
+    cal = meta.get("calibration") or {}
+    recall = f" (recall@10 {cal['recall@10']:.3f} held out, {cal['query_ms']:.2f} ms a query)" if "query_ms" in cal else ""
+    size = sum(f["size"] for f in meta.get("files", {}).values())
+    what = f"{meta['factory']} ({meta['metric']}) over {meta['n']} x {meta['d']}, {size / 2**20:,.1f} MiB"
+    if action == "unchanged":
+        return f"{out_dir}: up to date ({upd['reason']}); {what}"
+    if action == "added":
+        return (f"{out_dir}: added {meta['n'] - upd['rows_before']} new rows to the existing index "
+                f"({upd['rows_before']} -> {meta['n']}) in {meta.get('add_seconds', 0):.1f} s; {what}")
+    head = f"rebuilt ({upd['reason']})" if action == "rebuilt" else "built"
+    return f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
 
 
 @index.command("info")
@@ -119,13 +146,18 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 @click.option("--scaling-budget", default="2GiB", show_default=True, help="Memory budget of the auto index in the scaling part.")
 @click.option("--scaling-kind", default="auto", show_default=True,
               help="Index kind of the scaling part: auto, or a factory string where {nlist} is the guideline's list count.")
+@click.option("--max-query-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency budget of the auto index in the scaling part.")
+@click.option("--real-features", type=click.Path(exists=True, dir_okay=False),
+              help="A real feature file whose PCA spectrum is compared with the synthetic vectors'.")
 @click.option("--cold", is_flag=True, help="Time fresh `cli.py search` processes on --index/--model.")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")),
               show_default="workspace/index")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG (rank histograms, recall vs latency).")
 @click.option("--json", "as_json", is_flag=True)
 def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, train_size, scaling,
-                     scaling_budget, scaling_kind, cold, index_dir, plot_path, as_json) -> None:
+                     scaling_budget, scaling_kind, max_query_ms, real_features, cold, index_dir, plot_path,
+                     as_json) -> None:
     """Retrieval quality through an index, speed/recall of index kinds, scaling, and cold-start time."""
     import json
 
@@ -140,9 +172,9 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
              "train_size": train_size} if n else None
     sizes = [int(s) for s in scaling.split(",") if s.strip()]
     scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size,
-             "kind": scaling_kind} if sizes else None
+             "kind": scaling_kind, "max_query_ms": max_query_ms} if sizes else None
     cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
-    report = run(quality, speed, scale, cold_args, plot_path)
+    report = run(quality, speed, scale, cold_args, plot_path, real_features)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
 
 
