@@ -218,6 +218,7 @@ def extract_features(
     drop = plan.gone if prune else []
     if backbone is not None:
         model, weights = backbone.config["model"], backbone.config["weights"]
+        _check_match(state, backbone.config)
     check_options(state, model, weights, image_size)  # before any model is loaded
     if not plan.todo and not plan.bad_names:  # nothing to extract
         if state.parts or drop:  # merge what an interrupted run committed, or prune: no model needed
@@ -241,6 +242,21 @@ def extract_features(
     changed = len(set(plan.changed + plan.retry) - {i for i, _ in failed})
     return _summary(out, listing, plan, written, failed + plan.bad_names, time.perf_counter() - t0, len(drop),
                     changed)
+
+
+def _check_match(state, config: dict) -> None:
+    """Refuse a given backbone whose match keys differ from the stored file's (those both record)."""
+    stored = state.config or {}
+    for key in MATCH_KEYS:
+        if key in stored and key in config and _plain(stored[key]) != _plain(config[key]):
+            raise UserError(f"{state.where} was made with {key}={stored[key]!r} but this run has {key}={config[key]!r}; "
+                            "use the same options to resume, or pass another output file")
+
+
+def _plain(value):
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _summary(out: Path, listing: ImageList, plan, written: int, failed: list, seconds: float, pruned: int,

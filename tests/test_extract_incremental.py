@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
@@ -178,8 +179,7 @@ def test_non_finite_features_are_recorded_as_failed(tmp_path, calibrated):
         y[0] = torch.nan  # the first image of every batch
         return y
 
-    bb = type(calibrated)(calibrated.module, calibrated.dim, calibrated.image_size, calibrated.mean, calibrated.std,
-                          dict(calibrated.config), calibrated.device)
+    bb = dataclasses.replace(calibrated, config=dict(calibrated.config))
     bb.forward = poisoned
     s = extract_features(folder, out, backbone=bb, **TINY)
     ff = open_features(out)
