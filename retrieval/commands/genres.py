@@ -164,16 +164,29 @@ def genres_predict(ckpt, poster, overview, top, device) -> None:
 @click.option("--descriptors", default="tfidf", show_default=True, help="Comma-separated text descriptors.")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Repeat with split seeds SEED..SEED+N-1 and report mean ± sd.")
+@click.option("--fine-tune", type=click.IntRange(1), default=None,
+              help="Instead: poster model on cached features vs the last N backbone blocks fine-tuned on the images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def genres_benchmark(features, labels, allow_pickle, genre_ids, models, descriptors, repeats, as_json, quiet, **opts) -> None:
+def genres_benchmark(features, labels, allow_pickle, genre_ids, models, descriptors, repeats, fine_tune, as_json, quiet,
+                     **opts) -> None:
     """Every genre model variant plus baselines on one dataset: one table on the test split."""
     import json
 
-    from retrieval.bench.genres import format_benchmark, run_benchmark
+    from retrieval.bench.genres import (
+        finetune_benchmark,
+        format_benchmark,
+        format_finetune,
+        run_benchmark,
+    )
 
     device = opts.pop("device")
     cfg = _train_cfg("concat", opts)
+    if fine_tune:
+        result = finetune_benchmark(_labels_default(labels), _features_default(features, True), fine_tune, cfg,
+                                    device=device, allow_pickle=allow_pickle, genre_ids=genre_ids)
+        click.echo(json.dumps(result, indent=1) if as_json else format_finetune(result))
+        return
     kinds = tuple(m.strip() for m in models.split(",") if m.strip())
     bad = [m for m in kinds if m not in MODEL_KINDS]
     if bad:
