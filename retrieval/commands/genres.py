@@ -47,9 +47,9 @@ def _genre_train_options(f):
         ("--batch-size", {"type": click.IntRange(1), "default": 64, "show_default": True}),
         ("--lr", {"type": float, "default": 1e-3, "show_default": True}),
         ("--weight-decay", {"type": float, "default": 1e-4, "show_default": True}),
-        ("--pos-weight", {"default": "sqrt", "show_default": True,
-                          "help": "Loss weight of positives: sqrt (square root of negatives/positives), auto "
-                                  "(negatives/positives), none, or a number; capped at 10."}),
+        ("--pos-weight", {"default": "none", "show_default": True,
+                          "help": "Loss weight of positives: none (1), sqrt (square root of negatives/positives), auto "
+                                  "(negatives/positives), or a number; capped at 10."}),
         ("--min-support", {"type": click.FloatRange(0), "default": 10.0, "show_default": True,
                            "help": "Validation positives at which a genre's own threshold weighs as much as the global one."}),
         ("--val-fraction", {"type": click.FloatRange(0, 1, max_open=True), "default": 0.1, "show_default": True}),

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from extract.core.errors import UserError
 from retrieval.genre.kinds import MODEL_KINDS
 
-# per-genre positive weights of the loss: negatives/positives (auto), its square root (sqrt), or 1 (none)
-POS_WEIGHTS = ("sqrt", "auto", "none")
+# per-genre positive weights of the loss: 1 (none: calibrated probabilities, which a global threshold and top-k
+# need), the square root of negatives/positives (sqrt), or negatives/positives (auto)
+POS_WEIGHTS = ("none", "sqrt", "auto")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class GenreConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    pos_weight: str = "sqrt"
+    pos_weight: str = "none"
     pos_weight_cap: float = 10.0
     min_support: float = 10.0
     patience: int = 10

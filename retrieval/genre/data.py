@@ -245,8 +245,7 @@ def load_labels(
         ids.append(str(r.get(id_col, "")).strip())
         texts.append(str(r.get(text_col) or "") if text_col else "")
         p = str(r.get(poster_col) or "").strip() if poster_col else ""
-        posters.append(str(path.parent / p.lstrip("/")) if p and not p.startswith(("http:", "https:")) and
-                       not Path(p).is_absolute() else p)
+        posters.append(str(path.parent / p) if p and not p.startswith(("http:", "https:")) else p)
         movie = []
         for item in _genre_items(r.get(genre_col)):
             name = _genre_name(item, table)

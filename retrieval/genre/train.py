@@ -107,7 +107,8 @@ def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndar
     (both capped at ``cap``, never below 1), ``none`` = 1, or one number for every genre.
 
     ``auto`` makes a rare genre's positives weigh as much as its negatives, which pushes every probability up
-    (a model that predicts most genres for every movie); ``sqrt`` is the milder default.
+    (a model that predicts most genres for every movie); the default ``none`` keeps probabilities calibrated and
+    leaves the imbalance to the decision rule chosen on validation.
     """
     g = Y.shape[1]
     if mode == "none":
