@@ -126,7 +126,7 @@ def test_split_fractions_are_options(movies):
     out = _ok(CliRunner().invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--device", "cpu",
                                        "--val-fraction", "0.2", "--test-fraction", "0.3", "--json", *FAST]))
     n = json.loads(out)["n"]
-    assert sum(n.values()) == 300 and abs(n["val"] - 60) <= 3 and abs(n["test"] - 90) <= 3
+    assert sum(n.values()) == 300 and abs(n["val"] - 60) <= 8 and abs(n["test"] - 90) <= 8  # stratified: near, not exact
 
 
 def test_benchmark_json_has_every_variant_and_baseline(movies):
