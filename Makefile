@@ -1,5 +1,6 @@
 # buscador
 #   make demo   set up .venv, then run the whole pipeline on the drawn demo corpus (no downloads)
+#   make serve  the demo artifacts, then the search page and API on http://127.0.0.1:8000/
 #   make test   set up .venv, then run the test suite (what CI runs)
 # Each demo step writes a file in the workspace and is skipped when that file is up to date.
 PYTHON ?= python3
@@ -12,13 +13,13 @@ DESCRIPTOR ?= use-multilingual
 HIDDEN ?= 1024
 CLI := BUSCADOR_WORKSPACE=$(WS) $(PY) cli.py
 
-.PHONY: demo test lint clean
+.PHONY: demo serve test lint clean
 .PRECIOUS: $(WS)/features.h5 $(WS)/posters.h5
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,pretrained]'
+	$(PY) -m pip install -q -e '.[dev,pretrained,serve]'
 	touch $@
 
 $(WS)/demo/manifest.json: | $(VENV)/.installed
@@ -52,6 +53,9 @@ demo: $(WS)/text-encoder.npz $(WS)/index/index.faiss $(WS)/genre-late.pt
 	$(CLI) genres predict $(WS)/genre-late.pt --poster $(WS)/demo/movies/posters/m00001.jpg \
 		--overview "Un demonio acecha a un grupo de jóvenes en el bosque." --top 3
 	@echo "contact sheet: $(WS)/contact-sheet.png (and .html); try: $(PY) cli.py search \"un perro en la playa\""
+
+serve: $(WS)/text-encoder.npz $(WS)/index/index.faiss $(WS)/genre-late.pt
+	$(CLI) serve
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -ra

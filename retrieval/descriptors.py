@@ -6,14 +6,16 @@ it learnt, saved next to the regressor weights) and ``unknown_words(text)``. Kin
 
 - ``centroid``: mean of the word vectors of the caption's tokens;
 - ``centroid-tfidf``: the same mean weighted by each word's idf on the training captions;
-- ``tfidf``: l2-normalised tf-idf over word 1..3-grams (gensim ``Dictionary`` + ``TfidfModel`` idf);
+- ``tfidf``: l2-normalised tf-idf over word 1..3-grams (fitted with scikit-learn's ``TfidfVectorizer``;
+  sparse for training, a numpy transform for queries);
 - ``sequence``: the caption's word vectors in order, for the GRU (``transform`` gives ``(n, T, d)``);
 - ``use-multilingual``, ``e5-small``: pretrained sentence encoders from :mod:`retrieval.encoders` (optional
   packages; their outputs are cached on disk during training).
 
 A caption with no known word (empty, or all out of vocabulary) becomes a zero vector, never NaN; the
 number of such captions is logged as a warning and kept in ``n_empty``. Transforming needs numpy
-only (gensim is imported by ``fit`` of the tf-idf kinds and for FastText subword vectors).
+only (scikit-learn is imported by ``fit`` of the tf-idf kinds, gensim for FastText subword vectors).
+A descriptor with ``sparse = True`` also has ``transform_sparse(texts)``: a ``scipy.sparse`` CSR matrix.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from extract.core.errors import UserError
 from retrieval.text import WordVectors, tokenize
+from retrieval.tfidf import Tfidf, fit_vectorizer, make_vectorizer, warn_empty
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,20 @@ KINDS = WORD_KINDS + ENCODER_KINDS
 _CHUNK = 2048
 
 
-def _warn_empty(kind: str, n_empty: int, n: int) -> None:
-    if n_empty:
-        log.warning("%s: %d of %d captions have no known words; they are encoded as zero vectors", kind, n_empty, n)
+class _Pretrained:
+    """A descriptor that learns nothing from the training captions: ``fit`` is a no-op, ``state`` is empty."""
+
+    def fit(self, texts: Sequence[str]):
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
 
 
-class _WordDescriptor:
+class _WordDescriptor(_Pretrained):
     """Shared parts of the descriptors built on word vectors."""
 
     kind = ""
@@ -63,15 +74,6 @@ class _WordDescriptor:
             "vectors_fingerprint": self.vectors.fingerprint,
             "vectors_dim": self.vectors.dim,
         }
-
-    def fit(self, texts: Sequence[str]) -> _WordDescriptor:
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
     def _tokens(self, text: str) -> list[str]:
         return tokenize(text, fold_accents=self.fold_accents)
@@ -115,7 +117,7 @@ class _WordDescriptor:
         self.n_empty = 0
         for start in range(0, len(texts), _CHUNK):
             self._transform_chunk(texts[start : start + _CHUNK], out[start : start + _CHUNK])
-        _warn_empty(self.kind, self.n_empty, len(texts))
+        warn_empty(self.kind, self.n_empty, len(texts))
         return out
 
     def _transform_chunk(self, texts: Sequence[str], out: np.ndarray) -> None:
@@ -177,8 +179,10 @@ class CentroidTfidf(_WordDescriptor):
         self.default_idf = 1.0
 
     def fit(self, texts: Sequence[str]) -> CentroidTfidf:
-        terms, idf = _fit_idf([self._tokens(t) for t in texts], no_below=1, no_above=1.0, keep_n=None)
-        self.load_state({"idf_terms": terms, "idf": idf})
+        vectorizer = make_vectorizer(self.fold_accents, binary=True)
+        df = np.asarray(fit_vectorizer(vectorizer, texts).sum(axis=0), np.float64).ravel()  # documents containing each word
+        idf = np.log2(len(texts) / df)  # as gensim's TfidfModel
+        self.load_state({"idf_terms": vectorizer.get_feature_names_out(), "idf": idf.astype(np.float32)})
         return self
 
     def state(self) -> dict[str, np.ndarray]:
@@ -192,83 +196,6 @@ class CentroidTfidf(_WordDescriptor):
     def _weights(self, tokens: list[str]) -> np.ndarray:
         get, default = self.idf.get, self.default_idf
         return np.fromiter((get(t, default) for t in tokens), np.float32, len(tokens))
-
-
-def _ngrams(tokens: list[str], n: int) -> list[str]:
-    return [" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)]
-
-
-def _fit_idf(docs: list[list[str]], no_below: int, no_above: float, keep_n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Terms and their idf (gensim ``TfidfModel``: ``log2(N / df)``) over tokenised documents."""
-    from gensim.corpora import Dictionary
-    from gensim.models import TfidfModel
-
-    if not any(docs):
-        raise UserError("no words in the training captions: cannot fit tf-idf")
-    dictionary = Dictionary(docs)
-    if keep_n is not None or no_below > 1 or no_above < 1.0:
-        dictionary.filter_extremes(no_below=no_below, no_above=no_above, keep_n=keep_n)
-    if len(dictionary) == 0:
-        raise UserError("tf-idf vocabulary is empty after filtering rare/common terms; use more training captions")
-    model = TfidfModel(dictionary=dictionary)
-    terms = [dictionary[i] for i in range(len(dictionary))]
-    idf = np.array([model.idfs.get(i, 0.0) for i in range(len(dictionary))], np.float32)
-    return np.array(terms, dtype=str), idf
-
-
-class Tfidf:
-    """L2-normalised tf-idf of word 1..``ngrams``-grams: ``(n, V) float32`` with V fixed by ``fit``."""
-
-    kind = "tfidf"
-
-    def __init__(self, ngrams: int = 3, min_df: int = 2, max_df: float = 0.8, max_features: int = 20000, fold_accents: bool = False):
-        self.ngrams, self.min_df, self.max_df, self.max_features = ngrams, min_df, max_df, max_features
-        self.fold_accents = fold_accents
-        self.terms: dict[str, int] = {}
-        self.idf = np.zeros(0, np.float32)
-        self.n_empty = 0
-
-    @property
-    def dim(self) -> int:
-        return len(self.terms)
-
-    @property
-    def config(self) -> dict:
-        return {"kind": self.kind, "dim": self.dim, "ngrams": self.ngrams, "min_df": self.min_df, "max_df": self.max_df,
-                "max_features": self.max_features, "fold_accents": self.fold_accents}
-
-    def _grams(self, text: str) -> list[str]:
-        return _ngrams(tokenize(text, fold_accents=self.fold_accents), self.ngrams)
-
-    def fit(self, texts: Sequence[str]) -> Tfidf:
-        terms, idf = _fit_idf([self._grams(t) for t in texts], self.min_df, self.max_df, self.max_features)
-        self.load_state({"terms": terms, "idf": idf})
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"terms": np.array(list(self.terms), dtype=str), "idf": self.idf}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.terms = {str(t): i for i, t in enumerate(arrays["terms"])}
-        self.idf = np.asarray(arrays["idf"], np.float32)
-
-    def unknown_words(self, text: str) -> list[str]:
-        return [t for t in tokenize(text, fold_accents=self.fold_accents) if t not in self.terms]
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        if not self.terms:
-            raise UserError("the tf-idf descriptor is not fitted; call fit() on the training captions first")
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            cols = [self.terms[g] for g in self._grams(text) if g in self.terms]
-            if cols:
-                np.add.at(out[i], cols, 1.0)
-        out *= self.idf[None, :]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.divide(out, norms, out=out, where=norms > 0)
-        self.n_empty = int(np.sum(norms[:, 0] == 0))
-        _warn_empty(self.kind, self.n_empty, len(texts))
-        return out
 
 
 class WordSequence(_WordDescriptor):
@@ -294,7 +221,7 @@ class WordSequence(_WordDescriptor):
         rows_per_text = [self._lookup(self._tokens(t), extra, extra_index)[0][: self.max_len] for t in texts]
         lengths = np.array([len(r) for r in rows_per_text], np.int64)
         self.n_empty = int(np.sum(lengths == 0))
-        _warn_empty(self.kind, self.n_empty, len(texts))
+        warn_empty(self.kind, self.n_empty, len(texts))
         used = sorted({r for rows in rows_per_text for r in rows})
         remap = {r: j + 1 for j, r in enumerate(used)}
         table = np.zeros((len(used) + 1, self.dim), np.float32)
@@ -316,7 +243,7 @@ class WordSequence(_WordDescriptor):
         return table[ids]
 
 
-class EncoderDescriptor:
+class EncoderDescriptor(_Pretrained):
     """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs,
     ``progress`` shows one progress bar over the texts it encodes (on a terminal)."""
 
@@ -334,15 +261,6 @@ class EncoderDescriptor:
     @property
     def config(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "encoder_fingerprint": self._inner.encoder.fingerprint}
-
-    def fit(self, texts: Sequence[str]) -> EncoderDescriptor:
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
     def unknown_words(self, text: str) -> list[str]:
         return []

@@ -9,8 +9,6 @@ Batches are committed as they are encoded; an interrupted run keeps them.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -23,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from extract.core.errors import UserError
+from extract.core.files import locked
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +134,9 @@ def _gather(ff, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path):
     """Hold an exclusive lock on ``PATH.lock`` so that two processes never fill one cache at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return locked(path.with_name(path.name + ".lock"))
 
 
 def _fill(

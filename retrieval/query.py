@@ -2,9 +2,10 @@
 
 Importing this module and encoding with it needs numpy only: the checkpoint is an ``.npz``
 (:mod:`retrieval.checkpoint`), word vectors are a memory-mapped export (:func:`retrieval.text.open_vectors`),
-and the MLP and GRU forward passes are written here in numpy (tests check them against torch). So a cold
-``cli.py search`` pays neither ``import torch`` nor ``import gensim``; gensim is loaded only when a
-FastText vector set must build a vector for an unknown word from its subwords.
+and the MLP and GRU forward passes are written here in numpy (tests check them against torch), as is the
+tf-idf transform (from the exported terms and idf; tests check it against scikit-learn). So a cold
+``cli.py search`` pays neither ``import torch`` nor ``import sklearn`` nor ``import gensim``; gensim is
+loaded only when a FastText vector set must build a vector for an unknown word from its subwords.
 
 ``TextEncoder.encode`` returns vectors in the space of the raw image features (standardised targets are
 mapped back with the training mean/std), to be compared with ``config["metric"]`` (``"cosine"`` or ``"l2"``).
@@ -109,11 +110,20 @@ class TextEncoder:
             return gru_forward(self.weights, x, lengths, int(self.config["regressor_config"]["layers"]))
         return mlp_forward(self.weights, described)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode texts into the image feature space: ``(n, D) float32``, compare with ``self.metric``."""
+    def encode(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """Encode texts into the image feature space: ``(n, D) float32``, compare with ``self.metric``.
+
+        Texts are described ``batch_size`` at a time, so a large vocabulary (tf-idf) never needs an
+        ``(n, V)`` dense matrix for the whole list.
+        """
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            out[start : start + len(chunk)] = self._encode(chunk)
+        return out
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         y = self.forward(self.describe(texts))
         norm = self.config["target_norm"]
         if norm == "standardise":

@@ -7,6 +7,7 @@ file). :func:`answer` is what ``cli.py search`` calls.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import time
@@ -66,8 +67,68 @@ def encode_texts(encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     return xq, keep
 
 
+class IdResolver:
+    """Turns what a person types for an image (stored id, file name or stem) into the stored id.
+
+    ``poster_thumbs/tt0173716.jpg`` is found as itself, as ``tt0173716.jpg`` or as ``tt0173716`` when no
+    other id has that name or stem. The name and stem tables are built on the first non-exact lookup.
+    """
+
+    def __init__(self, ids: Sequence[str]):
+        self.ids = ids
+        self.row_of = {i: r for r, i in enumerate(ids)}
+        self._by_short: dict[str, list[int]] | None = None
+
+    def _short(self) -> dict[str, list[int]]:
+        if self._by_short is None:
+            table: dict[str, list[int]] = {}
+            for row, image_id in enumerate(self.ids):
+                name = image_id.rsplit("/", 1)[-1]
+                stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
+                table.setdefault(name, []).append(row)
+                if stem != name:
+                    table.setdefault(stem, []).append(row)
+            self._by_short = table
+        return self._by_short
+
+    def row(self, text: str, where: str = "the feature file") -> int:
+        """The row of ``text`` (an id, or a unique file name or stem); a :class:`UserError` names near matches."""
+        row = self.row_of.get(text)
+        if row is not None:
+            return row
+        rows = sorted(set(self._short().get(text, ())))
+        if len(rows) == 1:
+            return rows[0]
+        if rows:
+            shown = ", ".join(self.ids[r] for r in rows[:5])
+            raise UserError(f"id {text!r} matches {len(rows)} images ({shown}{', ...' if len(rows) > 5 else ''}); "
+                            "give the full id")
+        short = self._short()
+        prefixed = sorted(m for m in short if m.startswith(text))[:3] if len(text) >= 3 else []
+        near = prefixed or difflib.get_close_matches(text, [*short, *self.row_of], n=3, cutoff=0.6)
+        names = list(dict.fromkeys(self.ids[short[m][0]] if m in short else m for m in near))
+        hint = f"; did you mean {', '.join(map(repr, names))}?" if names else "; ids are image paths relative to the image root"
+        raise UserError(f"id {text!r} is not in {where}{hint}")
+
+    def resolve(self, text: str, where: str = "the feature file") -> str:
+        """The stored id that ``text`` names (see :meth:`row`)."""
+        return self.ids[self.row(text, where)]
+
+
 class Searcher(Collection):
     """A :class:`~indexes.search.Collection` that also answers text and image queries."""
+
+    @property
+    def resolver(self) -> IdResolver:
+        """Id lookup by stored id, file name or stem (built once per searcher)."""
+        if getattr(self, "_resolver", None) is None:
+            self._resolver = IdResolver(self.features.ids)
+        return self._resolver
+
+    def search_ids(self, image_ids: Sequence[str], k: int) -> Results:
+        """Search with the stored vectors of ids given as stored ids, unique file names or stems."""
+        where = str(self.features.path)
+        return super().search_ids([self.resolver.resolve(i, where) for i in image_ids], k)
 
     def check_encoder(self, config: dict, dim: int | None = None, what: str = "the query model") -> None:
         """Refuse a query encoder that does not match the index (dimension, image model)."""
@@ -101,6 +162,33 @@ class Searcher(Collection):
         return self.search_vectors(xq, k, kept)
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), or None where that cannot be read."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def timing_line(timings: dict[str, float], started: float) -> str:
+    """``timings`` in ms plus what they leave out, so the parts add up to the wall time.
+
+    ``started`` is the ``time.perf_counter()`` of the command's start; ``startup`` is the interpreter and
+    import time before it (where the process age can be read), ``other`` the rest (printing, contact sheets).
+    """
+    now = time.perf_counter()
+    parts = {k: v for k, v in timings.items() if k != "total"}
+    age = process_age()
+    if age is not None:
+        parts["startup"] = max(0.0, age - (now - started))
+    total = (now - started) + parts.get("startup", 0.0)
+    parts["other"] = max(0.0, total - sum(parts.values()))
+    parts["total"] = total
+    return "timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+
+
 def load_text_model(path: str | os.PathLike):
     """The numpy-only text query encoder of a regressor checkpoint (``retrieval.query.load_text_encoder``)."""
     from retrieval.query import load_text_encoder
@@ -121,7 +209,8 @@ def answer(
 ) -> Results:
     """Answer one kind of query (texts, query images or stored ids) against an index folder.
 
-    ``timings`` holds seconds for imports, index_load, ids_load, model_load, encode and search.
+    ``timings`` holds seconds for imports (faiss, h5py, and torch + torchvision for image queries),
+    index_load, ids_load, model_load, encode and search.
     """
     kinds = [name for name, given in (("text", texts), ("image", images), ("id", ids)) if given]
     if len(kinds) != 1:
@@ -147,5 +236,9 @@ def answer(
         searcher.timings["model_load"] = time.perf_counter() - t1
         return searcher.search_texts(encoder, list(texts), k)
     if images:
+        t1 = time.perf_counter()
+        import extract.features  # noqa: F401  (torch + torchvision: most of a cold image query)
+
+        searcher.timings["imports"] += time.perf_counter() - t1
         return searcher.search_images(list(images), k, device)
     return searcher.search_ids(list(ids), k)

@@ -106,8 +106,28 @@ def _png(results: Results, truth):
             thumb = _thumb(hit.path)
             sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
             draw.text((x, y + THUMB + 4), f"#{hit.rank}   score {hit.score:.3f}", fill="black")
-            draw.text((x, y + THUMB + 18), hit.id[-26:], fill="black")
+            draw.text((x, y + THUMB + 18), fit_label(hit.id, lambda t: draw.textlength(t) <= THUMB), fill="black")
     return sheet
+
+
+def fit_label(text: str, fits) -> str:
+    """``text`` shortened until ``fits(label)``: whole, else ``…/file name``, else the name cut in the middle.
+
+    ``poster_thumbs/tt0173716.jpg`` becomes ``…/tt0173716.jpg``, and a long name keeps its start and its
+    end (``very_long…0042.jpg``), so a label never loses the part that tells images apart.
+    """
+    if fits(text):
+        return text
+    name = text.rsplit("/", 1)[-1]
+    if name != text and fits("…/" + name):
+        return "…/" + name
+    if fits(name):
+        return name
+    for keep in range(len(name) - 1, 1, -1):
+        head, tail = name[: keep // 2], name[len(name) - (keep + 1) // 2 :]  # the end tells names apart more
+        if fits(head + "…" + tail):
+            return head + "…" + tail
+    return name[:1] + "…"
 
 
 def _data_uri(path: str) -> str:

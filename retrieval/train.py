@@ -38,19 +38,23 @@ log = logging.getLogger(__name__)
 
 
 class _Inputs:
-    """Regressor inputs of one split: a matrix ``(n, d)``, or word ids + lengths + a vector table (GRU)."""
+    """Regressor inputs of one split: a matrix ``(n, d)`` (dense, or CSR for sparse descriptors such as tf-idf:
+    made dense one batch at a time), or word ids + lengths + a vector table (GRU)."""
 
     def __init__(self, descriptor, texts: Sequence[str], sequence: bool):
         self.sequence = sequence
         if sequence:
             self.ids, self.lengths, self.table = descriptor.index(texts)
+        elif getattr(descriptor, "sparse", False):
+            self.x = descriptor.transform_sparse(texts)
         else:
             self.x = descriptor.transform(texts)
         self.n = len(texts)
 
     def batch(self, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
         if not self.sequence:
-            return (torch.from_numpy(self.x[idx]).to(device),)
+            x = self.x[idx]
+            return (torch.from_numpy(x if isinstance(x, np.ndarray) else x.toarray()).to(device),)
         lengths = self.lengths[idx]
         x = self.table[self.ids[idx, : int(lengths.max())]]
         return torch.from_numpy(x).to(device), torch.from_numpy(lengths)

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: GPU tests are skipped where no CUDA device is present."""
+"""Shared pytest set-up: GPU tests are skipped where no CUDA device (or, for faiss GPU tests, no GPU faiss) is present."""
 
 from __future__ import annotations
 
@@ -13,11 +13,25 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _faiss_gpus() -> int:
+    """GPUs faiss can use: 0 with a CPU-only faiss build (faiss-cpu), even on a CUDA machine."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items and not _has_cuda():
         skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
         for item in gpu_items:
+            item.add_marker(skip)
+    faiss_items = [item for item in items if "faiss_gpu" in item.keywords]
+    if faiss_items and _faiss_gpus() == 0:
+        skip = pytest.mark.skip(reason="faiss has no GPU support here (faiss-cpu, or no GPU it can use)")
+        for item in faiss_items:
             item.add_marker(skip)
 
 

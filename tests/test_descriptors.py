@@ -72,6 +72,11 @@ def test_centroid_tfidf_weights_by_idf(wv):
     assert not d.transform([""]).any()
 
 
+def _grams(text, n):
+    toks = tokenize(text)
+    return [" ".join(toks[i : i + k]) for k in range(1, n + 1) for i in range(len(toks) - k + 1)]
+
+
 def test_tfidf_ngrams_reference_and_restore(wv):
     train = ["un perro en la playa", "un niño en la playa", "una señora en bicicleta", "un perro y un niño"] * 3
     d = make_descriptor("tfidf", min_df=2, max_df=0.7, ngrams=2).fit(train)
@@ -79,15 +84,49 @@ def test_tfidf_ngrams_reference_and_restore(wv):
     assert "en" not in d.terms and "un" not in d.terms  # in 9 of 12 captions: above max_df
     x = d.transform(["un perro en la playa", "nada conocido"])
     assert x.shape == (2, d.dim) and not x[1].any() and d.n_empty == 1
-    # reference: counts x idf, l2-normalised
-    grams = ["un", "perro", "en", "la", "playa", "un perro", "perro en", "en la", "la playa"]
+    # reference, counted here: smooth idf ln((1 + n) / (1 + df)) + 1 from document counts, counts x idf, l2-normalised
+    n = len(train)
+    df = {g: sum(g in _grams(s, 2) for s in train) for g in d.terms}
+    idf = {g: np.log((1 + n) / (1 + df[g])) + 1 for g in d.terms}
+    np.testing.assert_allclose(d.idf[[d.terms[g] for g in d.terms]], [idf[g] for g in d.terms], rtol=1e-6)
     ref = np.zeros(d.dim)
-    for g in grams:
+    for g in _grams("un perro en la playa", 2):
         if g in d.terms:
-            ref[d.terms[g]] += d.idf[d.terms[g]]
+            ref[d.terms[g]] += idf[g]
     np.testing.assert_allclose(x[0], ref / np.linalg.norm(ref), rtol=1e-5, atol=1e-6)
     back = restore_descriptor(d.config, d.state(), None)
     np.testing.assert_array_equal(back.transform(["un perro en la playa"]), x[:1])
+
+
+def test_tfidf_numpy_transform_equals_sklearn():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    rng = np.random.default_rng(3)
+    vocab = WORDS + ["corre", "duerme", "azul", "Árbol", "NIÑO"]
+    train = [" ".join(rng.choice(vocab, size=int(rng.integers(1, 9)))) + "." for _ in range(300)]
+    queries = [" ".join(rng.choice(vocab + ["zzz"], size=int(rng.integers(0, 9)))) for _ in range(100)] + [""]
+    for opts in ({"ngrams": 3, "min_df": 2, "max_df": 0.8, "max_features": 200}, {"ngrams": 1, "min_df": 1, "max_df": 1.0}):
+        d = make_descriptor("tfidf", **opts).fit(train)
+        ref = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None, ngram_range=(1, opts["ngrams"]),
+                              min_df=opts["min_df"], max_df=opts["max_df"], max_features=opts.get("max_features"))
+        want = ref.fit(train).transform(queries).toarray()
+        assert list(d.terms) == list(ref.get_feature_names_out())
+        restored = restore_descriptor(d.config, d.state(), None)  # terms + idf only: the query path
+        assert restored._vectorizer is None
+        np.testing.assert_allclose(restored.transform(queries), want, atol=1e-6)
+        np.testing.assert_allclose(restored.transform_sparse(queries).toarray(), want, atol=1e-6)
+        sparse = d.transform_sparse(queries)  # the fitted vectorizer (training)
+        assert sparse.format == "csr" and sparse.dtype == np.float32 and d.n_empty == restored.n_empty >= 1
+        np.testing.assert_allclose(sparse.toarray(), want, atol=1e-6)
+
+
+def test_tfidf_fit_errors_are_user_errors():
+    with pytest.raises(UserError, match="cannot fit tf-idf"):
+        make_descriptor("tfidf").fit(["", "123 !!"])
+    with pytest.raises(UserError, match="cannot fit tf-idf"):
+        make_descriptor("tfidf", min_df=5).fit(["un perro", "un gato"])
+    with pytest.raises(UserError, match="not fitted"):
+        make_descriptor("tfidf").transform(["un perro"])
 
 
 def test_sequence_index_keeps_order_and_pads(wv):

@@ -81,10 +81,11 @@ def test_fingerprint_change_invalidates_the_cache(tmp_path, caplog):
     cache = tmp_path / "c.h5"
     cached_encode(CountingEncoder("fake==1:aaaa"), TEXTS, cache)
     other = CountingEncoder("fake==2:bbbb")
-    with caplog.at_level(logging.WARNING, logger="retrieval.encoders"):
+    with caplog.at_level(logging.WARNING, logger="retrieval.encoder_cache"):
         cached_encode(other, TEXTS, cache)
     assert sorted(other.seen) == sorted(set(TEXTS))  # everything encoded again
-    assert "rebuilding" in caplog.text and "fake==1:aaaa" in caplog.text and "fake==2:bbbb" in caplog.text
+    (warning,) = [r for r in caplog.records if r.name == "retrieval.encoder_cache" and r.levelno == logging.WARNING]
+    assert all(s in warning.getMessage() for s in ("rebuilding", "fake==1:aaaa", "fake==2:bbbb"))
     with h5py.File(cache, "r") as f:
         assert f.attrs["encoder_fingerprint"] == "fake==2:bbbb"
         assert f["features"].shape == (3, 6)
@@ -100,12 +101,13 @@ def test_dimension_change_invalidates_the_cache(tmp_path):
 
 def test_empty_texts_give_zero_rows_and_a_warning(tmp_path, caplog):
     enc = CountingEncoder()
-    with caplog.at_level(logging.WARNING, logger="retrieval.encoders"):
+    with caplog.at_level(logging.WARNING, logger="retrieval.encoder_cache"):
         out = cached_encode(enc, ["", "Un tren rojo.", "   ", ""], tmp_path / "c.h5")
     assert np.isfinite(out).all()
     assert not out[[0, 2, 3]].any() and np.array_equal(out[1], _reference("Un tren rojo."))
     assert enc.seen == ["Un tren rojo."]
-    assert "3 of 4 texts are empty" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "retrieval.encoder_cache"] == [
+        "3 of 4 texts are empty; their fake vectors are zeros"]
     only_empty = CountingEncoder()
     assert not cached_encode(only_empty, [""], tmp_path / "d.h5").any()
     assert only_empty.calls == 0
@@ -134,36 +136,32 @@ def test_a_feature_file_is_not_taken_for_a_cache(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_two_writers_on_one_cache_encode_each_text_once(tmp_path):
+def test_a_second_writer_waits_for_the_lock_then_reads_what_the_first_wrote(tmp_path, monkeypatch):
+    import fcntl
     import threading
-    import time
-
-    class Slow(CountingEncoder):
-        def encode(self, texts):
-            time.sleep(0.05)
-            return super().encode(texts)
 
     cache = tmp_path / "c.h5"
     many = [f"Un velero {i} en la bahía." for i in range(12)]
-    workers = [Slow(), Slow()]
-    results = [None, None]
+    at_lock = threading.Event()
+    real_flock = fcntl.flock
 
-    def run(i):
-        results[i] = cached_encode(workers[i], many, cache, batch_size=4)
+    def flock(fd, op):
+        if threading.current_thread() is not threading.main_thread() and op != fcntl.LOCK_UN:
+            at_lock.set()  # the second writer is about to ask for the lock
+        return real_flock(fd, op)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(workers[0].seen + workers[1].seen) == sorted(many)  # the lock made the later one read
-    assert np.array_equal(results[0], results[1])
-    assert open_features(cache).ids == [text_key(t) for t in many]
-
-
-def test_unreadable_cache_is_a_user_error(tmp_path):
-    cache = tmp_path / "c.h5"
-    cache.write_bytes(b"\x00garbage, not HDF5")
-    with pytest.raises(UserError, match="cannot read .* as HDF5"):
-        cached_encode(CountingEncoder(), TEXTS, cache)
-    assert cache.read_bytes() == b"\x00garbage, not HDF5"
+    monkeypatch.setattr(fcntl, "flock", flock)  # the lock of extract.core.files, which the cache uses
+    second, result = CountingEncoder(), []
+    waiter = threading.Thread(target=lambda: result.append(cached_encode(second, many, cache, batch_size=4)))
+    with encoder_cache._locked(cache):  # this test is the first writer, holding the lock
+        waiter.start()
+        assert at_lock.wait(30)
+        waiter.join(0.5)
+        assert waiter.is_alive() and second.calls == 0  # blocked on the lock, encoding nothing
+        first = CountingEncoder()
+        encoder_cache._fill(cache, first, {text_key(t): t for t in many}, {}, 4, False)
+        assert sorted(first.seen) == sorted(many)
+    waiter.join(30)
+    assert not waiter.is_alive()
+    assert second.calls == 0  # it read every text the first writer committed
+    assert np.array_equal(result[0], np.stack([_reference(t) for t in many]))

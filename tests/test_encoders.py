@@ -137,11 +137,15 @@ def test_real_encoder_through_cache_and_descriptor(real_encoder, tmp_path):
     assert np.array_equal(desc.transform(texts[::-1]), direct[::-1])
 
 
-def test_cli_benchmark_encode_json(real_encoder, tmp_path):
+def test_cli_benchmark_encode_json(real_encoder, tmp_path, monkeypatch):
+    """The real encoder runs every stage; the clock is replaced by fixed seconds, so every figure is known here."""
     import json
 
     from cli import cli
+    from retrieval.bench import encoders as bench
 
+    seconds = iter([2.0, 0.5, 0.4, 0.5, 1.0, 0.01])  # load, first call, bare, encode, cold cache, warm cache
+    monkeypatch.setattr(bench, "_timed", lambda fn, *args: (fn(*args), next(seconds)))
     caps = tmp_path / "caps.txt"
     caps.write_text("".join(f"img{i}.jpg\tUna foto {i} de un barco en el puerto.\n" for i in range(6)), "utf-8")
     args = ["benchmark", "encode", "--encoder", real_encoder.name, "--n", "4", "--repeat", "1", "--json"]
@@ -150,7 +154,10 @@ def test_cli_benchmark_encode_json(real_encoder, tmp_path):
     (row,) = json.loads(result.output)
     assert row["encoder"] == real_encoder.name and row["captions"] == 4 and row["dim"] == real_encoder.dim
     assert row["warm_cache_loaded_model"] is False
-    assert all(row[k] > 0 for k in ("bare_per_s", "encode_per_s", "cold_cache_per_s", "warm_cache_per_s"))
+    assert (row["load_s"], row["first_call_s"]) == (2.0, 0.5) and next(seconds, None) is None
+    assert [row[k] for k in ("bare_per_s", "encode_per_s", "cold_cache_per_s", "warm_cache_per_s")] == pytest.approx(
+        [4 / 0.4, 4 / 0.5, 4 / 1.0, 4 / 0.01])
+    assert [row[k] for k in ("encode_ratio", "cold_cache_ratio", "warm_cache_ratio")] == pytest.approx([0.8, 0.4, 40.0])
     assert format_table([row]).splitlines()[2].startswith(real_encoder.name)
 
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -119,44 +118,58 @@ def _parts(out: Path) -> int:
     return len(list(out.with_name(out.name + ".parts").glob("part-*.h5")))
 
 
+# Runs the CLI with a SIGKILL of its whole process group planted right after the n-th call of one step of the store.
+_KILL_AT = """
+import os, runpy, signal, sys
+import extract.store as store
+where, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def after(real):
+    def wrapped(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == n:
+            os.killpg(0, signal.SIGKILL)
+        return out
+    return wrapped
+if where == "commit":
+    store.ResumableWriter.commit = after(store.ResumableWriter.commit)
+else:
+    setattr(store, where, after(getattr(store, where)))
+sys.argv = ["cli.py", *sys.argv[3:]]
+runpy.run_path("cli.py", run_name="__main__")
+"""
+
+
 def test_resume_after_repeated_sigkill(tmp_path):
-    """Kill a real CLI extraction with SIGKILL at random moments, re-run until done, compare to one clean run."""
+    """SIGKILL a real CLI extraction at fixed points (between commits, inside a part, inside the merge), re-run until
+    done, compare to one clean run."""
     good, bad = draw_dataset(tmp_path / "imgs", 60, seed=1)
     folder, out = tmp_path / "imgs", tmp_path / "killed.h5"
     extract_features(folder, out, limit=16, workers=0, **TINY)  # an existing file, so kills can hit the merge
-    cmd = [sys.executable, "cli.py", "extract", str(folder), str(out), "--model", "resnet18", "--weights", "none",
-           "--image-size", "32", "--batch-size", "4", "--workers", "1", "--commit-every", "0", "--quiet"]
+    args = ["extract", str(folder), str(out), "--model", "resnet18", "--weights", "none", "--image-size", "32",
+            "--batch-size", "4", "--workers", "1", "--commit-every", "0", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    rng = np.random.default_rng(0)
-    kills, runs = 0, 0
-    while True:
-        runs += 1
-        assert runs < 20, "extraction never finished"
-        before = _parts(out)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        if kills < 3:
-            target = before + int(rng.integers(1, 4))  # kill once 1-3 more batches are committed, +0-40 ms
-            while proc.poll() is None and _parts(out) < target:
-                time.sleep(0.003)
-            time.sleep(float(rng.uniform(0, 0.04)))
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=120)
-        if out.exists():
-            open_features(out)  # always readable when present
-        if proc.returncode == -signal.SIGKILL:
-            kills += 1
-            continue
-        assert proc.returncode == 0, stderr.decode()
-        break
-    assert kills >= 3
+    # (store step, its n-th call, part files expected afterwards): 2 batches committed; killed while writing the
+    # 2nd part of a run (1 more); every batch committed, killed after the merged file is written but not renamed
+    kills = [("commit", 2, 2), ("_append", 6, 3), ("_seal", 1, None)]
+    for where, n, parts in kills:
+        proc = subprocess.run([sys.executable, "-c", _KILL_AT, where, str(n), *args], check=False, cwd=REPO, env=env,
+                              start_new_session=True, capture_output=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+        assert len(open_features(out).ids) == 16  # the old file is intact and readable until a merge completes
+        if parts is not None:
+            assert _parts(out) == parts
+    assert out.with_name(out.name + ".tmp").exists()  # the merge killed before its rename left its temporary file
+    proc = subprocess.run([sys.executable, "cli.py", *args], check=False, cwd=REPO, env=env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
     extract_features(folder, tmp_path / "clean.h5", workers=0, **TINY)
     a, b = open_features(out), open_features(tmp_path / "clean.h5")
     assert sorted(a.ids) == sorted(good) and len(a.ids) == len(set(a.ids))
     assert sorted(i for i, _ in a.failed) == sorted(bad) and sorted(a.failed) == sorted(b.failed)
     np.testing.assert_allclose(_by_id(a.path, good), _by_id(b.path, good), **TOL)
-    assert not out.with_name(out.name + ".parts").exists()
+    assert not out.with_name(out.name + ".parts").exists() and not out.with_name(out.name + ".tmp").exists()
 
 
 def test_embedding_against_an_imported_file_is_refused(tmp_path):

@@ -24,7 +24,8 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("real")
     paths = make_corpus(root)
-    cfg = TrainConfig(descriptor="centroid", regressor="mlp", loss="vse", epochs=3, hidden=64, device="cpu", seed=0)
+    cfg = TrainConfig(descriptor="centroid", regressor="mlp", loss="vse", epochs=8, hidden=64, batch_size=32, lr=3e-3,
+                      device="cpu", seed=0)
     train(cfg, paths["features"], [root], root / "text-encoder.npz", vectors=paths["vectors"], quiet=True)
     build_index_dir(paths["features"], root / "index", IndexConfig(factory="Flat"), quiet=True)
     return root
@@ -48,11 +49,22 @@ def test_quality_through_flat_index_equals_exact_evaluation(trained):
 
 def test_cli_text_search_with_real_checkpoint(trained):
     root = trained
+    from extract.store import open_features
+
     args = ["search", "--index", str(root / "index"), "--model", str(root / "text-encoder.npz"), "-k", "3"]
-    r = CliRunner().invoke(cli, [*args, "un perro con una pelota", "--json"])
+    query = "De foto caballo de perro playa."  # a caption of train/0000.jpg (make_corpus, seed 0)
+    r = CliRunner().invoke(cli, [*args, query, "--json"])
     assert r.exit_code == 0, r.output
     hits = json.loads(r.output)["queries"][0]["results"]
-    assert [h["rank"] for h in hits] == [1, 2, 3] and all(h["id"].endswith(".jpg") for h in hits)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    # the exact answer: cosine of the encoded query with every stored feature, sorted here
+    ff = open_features(root / "features.h5")
+    q = load_text_encoder(root / "text-encoder.npz").encode([query])[0]
+    scores = [float(q @ x) / float(np.linalg.norm(q) * np.linalg.norm(x)) for x in ff.load()]
+    exact = sorted(range(len(scores)), key=lambda i: -scores[i])[:3]
+    assert [h["id"] for h in hits] == [ff.ids[i] for i in exact]
+    assert [h["score"] for h in hits] == pytest.approx([scores[i] for i in exact], abs=1e-5)
+    assert "train/0000.jpg" in [h["id"] for h in hits]  # the captioned image comes back
     r = CliRunner().invoke(cli, [*args, "xyzzy plugh"])
     assert r.exit_code == 1 and "Error: no known words in 'xyzzy plugh' (unknown: xyzzy, plugh)" in r.output
 

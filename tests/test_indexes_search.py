@@ -159,11 +159,12 @@ def test_cpu_device_keeps_index_and_cuda_without_gpu_is_refused(corpus):
 
 
 @pytest.mark.gpu
+@pytest.mark.faiss_gpu
 def test_gpu_index_matches_cpu(corpus):
     root, _, _, xb = corpus
     index = load_index(root / "index", mmap=False).index
-    gpu = to_device(index, "cuda", fp16=False)
+    gpu = to_device(index, "cuda")  # float16 storage, as answer() moves it
     xq = normalize_rows(xb[:10].copy())
     D0, I0 = index.search(xq, 5)
     D1, I1 = gpu.search(xq, 5)
-    assert np.array_equal(I0[:, 0], I1[:, 0]) and np.allclose(D0, D1, atol=1e-4)
+    assert np.array_equal(I0[:, 0], I1[:, 0]) and np.allclose(D0, D1, atol=5e-3)  # float16 rounding of unit vectors

@@ -90,7 +90,9 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
     results.timings["total"] = time.perf_counter() - t0
     click.echo(results.format(as_json, flags, truth_field))
     if timings:
-        click.echo("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results.timings.items()), err=True)
+        from retrieval.search import timing_line
+
+        click.echo(timing_line(results.timings, t0), err=True)
 
 
 @click.command("search")
@@ -137,4 +139,29 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
              "kind": scaling_kind} if sizes else None
     cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
     report = run(quality, speed, scale, cold_args, plot_path)
+    click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
+
+
+@click.command("serve")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=lambda: str(workspace_path("index")),
+              show_default="workspace/index")
+@click.option("--model", type=click.Path(dir_okay=False), default=lambda: str(workspace_path("text-encoder.npz")),
+              show_default="workspace/text-encoder.npz", help="Text encoder checkpoint.")
+@click.option("--queries-file", type=click.Path(exists=True, dir_okay=False),
+              help="Text queries (id<TAB>caption or one a line) [default: a built-in list of 10].")
+@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--text", "n_text", type=click.IntRange(0), default=2000, show_default=True, help="Text queries under load.")
+@click.option("--ids", "n_id", type=click.IntRange(0), default=500, show_default=True, help="Id queries under load.")
+@click.option("--single", "n_single", type=click.IntRange(10), default=300, show_default=True,
+              help="Queries timed one at a time, in process and over HTTP.")
+@click.option("--time-limit", type=click.FloatRange(1), default=150.0, show_default=True, help="Seconds the load part may take.")
+@click.option("--json", "as_json", is_flag=True)
+def benchmark_serve(index_dir, model, queries_file, clients, n_text, n_id, n_single, time_limit, as_json) -> None:
+    """Load test of `serve` on loopback: throughput, p50/p99, errors, RSS, against the in-process call."""
+    import json
+
+    from retrieval.bench.serve import DEFAULT_QUERIES, format_report, read_captions, run
+
+    texts = read_captions(queries_file) if queries_file else list(DEFAULT_QUERIES)
+    report = run(index_dir, model, texts, clients, n_text, n_id, n_single, time_limit)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))

@@ -1,0 +1,58 @@
+"""Prometheus metrics of the server: requests per route and status, latency per route and per query stage.
+
+Each app gets its own registry (so several apps in one process, as in tests, do not collide); the ASGI
+middleware times every request under its route template (``/api/images/{image_id}``), never the raw
+path, so the label set stays small whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("buscador_requests", "HTTP requests by route and status", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("buscador_request_seconds", "Request latency by route", ["route"], buckets=_BUCKETS,
+                                 registry=self.registry)
+        self.stages = Histogram("buscador_stage_seconds", "Time per query stage (encode, search, ...)", ["stage"],
+                                buckets=_BUCKETS, registry=self.registry)
+
+    def observe_stages(self, timings: dict[str, float]) -> None:
+        """Record ``{stage: seconds}``."""
+        for stage, seconds in timings.items():
+            self.stages.labels(stage).observe(seconds)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times HTTP requests by route template."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
