@@ -23,13 +23,15 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from extract.core.errors import UserError
+from retrieval.genre.join import best_id_column, join_features, joined, preview  # noqa: F401 (re-exported)
+from retrieval.genre.labels import LabelSet
 from retrieval.genre.readers import read_records
 
 log = logging.getLogger(__name__)
@@ -50,49 +52,6 @@ _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", 
 
 
 @dataclass(frozen=True)
-class LabelSet:
-    """Movies with their genres. ``Y`` is ``(n, G) uint8`` multi-hot, columns in ``genres`` order.
-
-    ``id_column`` names the column ``ids`` came from; ``alt_ids`` holds the other id-like columns (name ->
-    one value per movie) that a join to feature ids may use instead.
-    """
-
-    ids: list[str]
-    texts: list[str]
-    posters: list[str]
-    genres: list[str]
-    Y: np.ndarray
-    splits: list[str] | None
-    source: str
-    id_column: str = "id"
-    alt_ids: dict[str, list[str]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, rows: np.ndarray | list[int]) -> LabelSet:
-        """The movies at ``rows``, in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return replace(
-            self,
-            ids=[self.ids[r] for r in rows],
-            texts=[self.texts[r] for r in rows],
-            posters=[self.posters[r] for r in rows],
-            Y=self.Y[rows],
-            splits=None if self.splits is None else [self.splits[r] for r in rows],
-            alt_ids={k: [v[r] for r in rows] for k, v in self.alt_ids.items()},
-        )
-
-    def with_id_column(self, name: str) -> LabelSet:
-        """The same movies identified by another id column (one of ``alt_ids``)."""
-        if name == self.id_column:
-            return self
-        alt = {k: v for k, v in self.alt_ids.items() if k != name}
-        alt[self.id_column] = self.ids
-        return replace(self, ids=list(self.alt_ids[name]), id_column=name, alt_ids=alt)
-
-
-@dataclass(frozen=True)
 class RawLabels:
     """A label file as read, before genres are encoded: one entry per row of the file."""
 
@@ -103,11 +62,6 @@ class RawLabels:
     splits: list[str] | None
     id_column: str
     alt_ids: dict[str, list[str]]
-
-
-def _preview(items: list[str], k: int = 5) -> str:
-    shown = ", ".join(repr(x) for x in items[:k])
-    return shown + (f", ... ({len(items) - k} more)" if len(items) > k else "")
 
 
 def load_genre_ids(path: str | os.PathLike | None) -> dict[int, str]:
@@ -190,7 +144,7 @@ def _column(lower: dict[str, str], wanted: str | None, defaults: tuple[str, ...]
     """The column to read: the one asked for (an error when absent), else the first default present."""
     if wanted:
         if wanted.lower() not in lower:
-            raise UserError(f"{path} has no {what} column {wanted!r}; its columns are {_preview(columns, 12)}")
+            raise UserError(f"{path} has no {what} column {wanted!r}; its columns are {preview(columns, 12)}")
         return lower[wanted.lower()]
     return _pick(lower, defaults)
 
@@ -229,7 +183,7 @@ def load_labels(
     genre_col = _column(lower, genres_column, _GENRE_COLS, "genres", path, columns)
     if id_col is None or genre_col is None:
         raise UserError(
-            f"{path} has columns {_preview(columns, 12)}; expected an id column ({'/'.join(_ID_COLS)}) and a genres "
+            f"{path} has columns {preview(columns, 12)}; expected an id column ({'/'.join(_ID_COLS)}) and a genres "
             f"column ({'/'.join(_GENRE_COLS)}), or the poster CSV layout (Id, Genre, one 0/1 column per genre); "
             "name them with --id-column and --genres-column"
         )
@@ -258,14 +212,14 @@ def load_labels(
     if unknown_ids:
         log.warning(
             "%s: %d genre ids not in the TMDB table are ignored (%s); pass a --genre-ids JSON to name them",
-            path, sum(unknown_ids.values()), _preview([f"{k} x{v}" for k, v in unknown_ids.most_common()]),
+            path, sum(unknown_ids.values()), preview([f"{k} x{v}" for k, v in unknown_ids.most_common()]),
         )
     splits = None
     if split_col:
         raw = [str(r.get(split_col) or "").strip().lower() for r in rows]
         bad = sorted({s for s in raw if s not in _SPLITS})
         if bad:
-            raise UserError(f"{path}: split column has values {_preview(bad)}; use train, val or test")
+            raise UserError(f"{path}: split column has values {preview(bad)}; use train, val or test")
         splits = [_SPLITS[s] for s in raw]
     return RawLabels(ids, texts, posters, names, splits, id_col, alt_ids)
 
@@ -312,7 +266,7 @@ def read_label_set(
     if unknown:
         log.warning(
             "%s: %d genre labels are not among the %d known genres and are ignored: %s",
-            path, sum(unknown.values()), len(order), _preview([f"{g} x{n}" for g, n in unknown.most_common()]),
+            path, sum(unknown.values()), len(order), preview([f"{g} x{n}" for g, n in unknown.most_common()]),
         )
     keep, seen, dupes, empty = [], set(), [], []
     for i, movie_id in enumerate(raw.ids):
@@ -324,10 +278,10 @@ def read_label_set(
             keep.append(i)
         seen.add(movie_id)
     if dupes:
-        log.warning("%s: %d duplicate ids, first occurrence kept: %s", path, len(dupes), _preview(dupes))
+        log.warning("%s: %d duplicate ids, first occurrence kept: %s", path, len(dupes), preview(dupes))
     if empty:
         log.warning("%s: %d of %d movies have no known genre and are skipped: %s", path, len(empty), len(raw.ids),
-                    _preview(empty))
+                    preview(empty))
     if not keep:
         raise UserError(f"{path}: none of its {len(raw.ids)} movies has a known genre; check the genres column")
     labels = LabelSet(raw.ids, raw.texts, raw.posters, order, Y, raw.splits, str(path), raw.id_column,
@@ -336,94 +290,3 @@ def read_label_set(
     if genres is None and not used.all():
         labels = replace(labels, genres=[g for g, u in zip(order, used) if u], Y=labels.Y[:, used])
     return labels
-
-
-def _path_keys(p: str) -> list[str]:
-    """A path and every shorter tail of it, each with and without its extension (longest first)."""
-    parts = PurePosixPath(p.replace("\\", "/")).parts
-    keys = []
-    for k in range(len(parts)):
-        tail = "/".join(parts[k:])
-        keys += [tail, str(PurePosixPath(tail).with_suffix(""))] if PurePosixPath(tail).suffix else [tail]
-    return keys
-
-
-def _feature_index(feature_ids: list[str]) -> dict[str, int]:
-    """Every tail of every feature id (with and without extension) -> its row; -1 where a key is ambiguous."""
-    index: dict[str, int] = {}
-    for row, fid in enumerate(feature_ids):
-        for key in dict.fromkeys(_path_keys(fid)):
-            index[key] = row if index.get(key, row) == row else -1
-    for row, fid in enumerate(feature_ids):  # an exact id always wins over a shared tail
-        index[fid] = row
-    return index
-
-
-def _join_rows(ids: list[str], posters: list[str], index: dict[str, int]) -> np.ndarray:
-    rows = np.full(len(ids), -1, np.int64)
-    for i, (movie_id, poster) in enumerate(zip(ids, posters)):
-        keys = [movie_id, *(_path_keys(movie_id) if movie_id else []), *(_path_keys(poster) if poster else [])]
-        for key in keys:
-            if index.get(key, -1) >= 0:
-                rows[i] = index[key]
-                break
-    return rows
-
-
-def join_features(labels: LabelSet, feature_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Feature row of each movie, or -1; and the ids that did not join.
-
-    A movie joins a feature id when its id or its poster path, or any tail of either (with or without its
-    extension, so on the file stem), equals a tail of the feature id (the image path relative to the image
-    root): id ``"42"``, id ``"posters/42.png"`` or poster ``movies/posters/42.jpg`` all join feature id
-    ``"42.jpg"``. A key that matches several feature ids is ambiguous and skipped.
-    """
-    rows = _join_rows(labels.ids, labels.posters, _feature_index(list(feature_ids)))
-    missing = [labels.ids[i] for i in np.flatnonzero(rows < 0)]
-    return rows, missing
-
-
-def best_id_column(labels: LabelSet, feature_ids: list[str]) -> LabelSet:
-    """``labels`` identified by whichever id column (its own or one of ``alt_ids``) joins most feature ids."""
-    if not labels.alt_ids:
-        return labels
-    index = _feature_index(list(feature_ids))
-    counts = {labels.id_column: int((_join_rows(labels.ids, labels.posters, index) >= 0).sum())}
-    for name, values in labels.alt_ids.items():
-        counts[name] = int((_join_rows(values, [""] * len(values), index) >= 0).sum())
-    best = max(counts, key=lambda c: (counts[c], c == labels.id_column))
-    if best != labels.id_column and counts[best] > counts[labels.id_column]:
-        log.info("joining poster features on column %r (%d movies) rather than %r (%d)", best, counts[best],
-                 labels.id_column, counts[labels.id_column])
-        return labels.with_id_column(best)
-    return labels
-
-
-def _no_join_message(labels: LabelSet, feature_ids: list[str]) -> str:
-    sides = [f"{labels.id_column}: {_preview(labels.ids, 3)}"]
-    sides += [f"{name}: {_preview(values, 3)}" for name, values in labels.alt_ids.items()]
-    posters = [p for p in labels.posters if p]
-    if posters:
-        sides.append(f"poster paths: {_preview(posters, 2)}")
-    return (
-        f"none of the {len(labels)} movies in {labels.source} joins the {len(feature_ids)} feature ids; "
-        f"candidate id columns {'; '.join(sides)}; feature ids look like {_preview(list(feature_ids), 3)}. "
-        "Pick the column named like the images with --id-column, or extract features from the poster folder "
-        "the label file points to"
-    )
-
-
-def joined(labels: LabelSet, feature_ids: list[str]) -> tuple[LabelSet, np.ndarray]:
-    """Keep the movies that have poster features (joined on the best id column); warn with the count and the
-    first missing ids."""
-    labels = best_id_column(labels, feature_ids)
-    rows, missing = join_features(labels, feature_ids)
-    keep = np.flatnonzero(rows >= 0)
-    if keep.size == 0:
-        raise UserError(_no_join_message(labels, feature_ids))
-    if missing:
-        log.warning(
-            "%d of %d movies have no poster features and are skipped: %s",
-            len(missing), len(labels), _preview(missing),
-        )
-    return labels.subset(keep), rows[keep]

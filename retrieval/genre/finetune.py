@@ -200,7 +200,7 @@ def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfi
 def poster_paths(prep, features_path) -> tuple[list[str], dict]:
     """The poster image of every movie of ``prep`` (the feature file's image root + the joined feature id)."""
     from extract.store import open_features
-    from retrieval.genre.data import join_features
+    from retrieval.genre.join import join_features
 
     ff = open_features(features_path)
     config = ff.config

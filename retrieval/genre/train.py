@@ -18,9 +18,11 @@ import numpy as np
 from extract.core.devices import resolve_device
 from extract.core.errors import UserError
 from retrieval.genre.config import GenreConfig
-from retrieval.genre.data import LabelSet, joined, read_label_set
+from retrieval.genre.data import read_label_set
 from retrieval.genre.decision import choose_rule
 from retrieval.genre.inputs import TextInput
+from retrieval.genre.join import joined
+from retrieval.genre.labels import LabelSet
 from retrieval.genre.metrics import micro_f1, multilabel_report
 from retrieval.genre.split import (
     SPLIT_NAMES,
