@@ -33,7 +33,7 @@ def test_train_evaluate_predict_text_model(movies):
     ckpt = folder / "text.pt"
     runner = CliRunner()
     out = _ok(runner.invoke(cli, ["genres", "train", "--labels", str(labels), "--features", str(feats), "--model", "text",
-                                  "--out", str(ckpt), "--quiet", *FAST]))
+                                  "--out", str(ckpt), "--quiet", *FAST, "--batch-size", "32"]))
     assert f"saved {ckpt}" in out and "test: n=" in out
     report = json.loads(_ok(runner.invoke(cli, ["genres", "evaluate", str(ckpt), "--labels", str(labels), "--json"])))
 
