@@ -19,7 +19,7 @@ CLI := BUSCADOR_WORKSPACE=$(WS) $(PY) cli.py
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,pretrained,serve]'
+	$(PY) -m pip install -q -e '.[dev,pretrained,serve,ray]'
 	touch $@
 
 $(WS)/demo/manifest.json: | $(VENV)/.installed

@@ -36,8 +36,8 @@ def benchmark() -> None:
 for command in (images.demo_data, images.extract, images.import_vectors_cmd, text.vectors, text.train_cmd,
                 text.evaluate_cmd, search.index, search.search_cmd, genres.genres, serve.serve_cmd):
     cli.add_command(command)
-for command in (images.benchmark_extract_cmd, text.benchmark_retrieval, text.benchmark_encode, search.benchmark_search,
-                search.benchmark_serve):
+for command in (images.benchmark_extract_cmd, images.benchmark_engines_cmd, text.benchmark_retrieval,
+                text.benchmark_encode, search.benchmark_search, search.benchmark_serve):
     benchmark.add_command(command)
 
 

