@@ -3,7 +3,7 @@
 The backbone is the one that made the feature file (:func:`extract.features.backbone_from_config`), so the
 split, the movies and the preprocessing are those of the cached-feature poster model. Training images are
 augmented (random resized crop, horizontal flip, colour jitter; torchvision transforms); validation and test
-images are preprocessed exactly like feature extraction (shorter side, centre crop). The blocks before the last
+images are preprocessed exactly like feature extraction (the weights' own resize and centre crop). The blocks before the last
 ``blocks`` stay frozen (BatchNorm in eval mode); early stopping on validation loss; the decision rule is chosen
 on validation as for every genre model.
 
@@ -63,12 +63,12 @@ def backbone_blocks(module) -> list:
 class _Posters:
     """A torch Dataset of poster images -> ``(3, S, S) uint8`` tensors (augmented when ``train``)."""
 
-    def __init__(self, paths: list[str], size: int, train: bool, max_pixels: int):
+    def __init__(self, paths: list[str], preprocessing, train: bool, max_pixels: int):
         from torchvision.transforms import v2
 
-        self.paths, self.size, self.train, self.max_pixels = paths, size, train, max_pixels
+        self.paths, self.preprocessing, self.train, self.max_pixels = paths, preprocessing, train, max_pixels
         self.augment = v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomResizedCrop(int(preprocessing.crop), scale=(0.6, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(0.2, 0.2, 0.2),
         ])
@@ -82,7 +82,7 @@ class _Posters:
         from extract.images import load_image, prepare_image
 
         if not self.train:
-            arr, reason = prepare_image(self.paths[i], self.size, self.max_pixels)
+            arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels)
             if arr is None:
                 raise UserError(f"cannot read poster {self.paths[i]}: {reason}")
             return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), i
@@ -93,11 +93,11 @@ class _Posters:
         return self.augment(x), i
 
 
-def _loader(paths, size, train, max_pixels, batch_size, seed, workers):
+def _loader(paths, preprocessing, train, max_pixels, batch_size, seed, workers):
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(_Posters(paths, size, train, max_pixels), batch_size=batch_size, shuffle=train,
+    return torch.utils.data.DataLoader(_Posters(paths, preprocessing, train, max_pixels), batch_size=batch_size, shuffle=train,
                                        num_workers=workers, generator=gen)
 
 
@@ -152,7 +152,7 @@ def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfi
         set_mode(False)
         out = []
         with torch.no_grad():
-            for x, _ in _loader([paths[r] for r in rows], bb.image_size, False, max_pixels, cfg.batch_size, cfg.seed, workers):
+            for x, _ in _loader([paths[r] for r in rows], bb.preprocessing, False, max_pixels, cfg.batch_size, cfg.seed, workers):
                 out.append(torch.sigmoid(net(module(bb.normalize(x).contiguous()).flatten(1))).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, G), np.float32)
 
@@ -162,7 +162,7 @@ def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfi
         t0 = time.perf_counter()
         set_mode(True)
         total = 0.0
-        for x, idx in _loader([paths[r] for r in train], bb.image_size, True, max_pixels, cfg.batch_size, cfg.seed + epoch,
+        for x, idx in _loader([paths[r] for r in train], bb.preprocessing, True, max_pixels, cfg.batch_size, cfg.seed + epoch,
                               workers):
             rows = train[idx.numpy()]
             logits = net(module(bb.normalize(x).contiguous()).flatten(1))
