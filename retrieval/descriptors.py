@@ -244,12 +244,13 @@ class WordSequence(_WordDescriptor):
 
 
 class EncoderDescriptor(_Pretrained):
-    """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs."""
+    """A sentence encoder (:mod:`retrieval.encoders`) used as a fixed descriptor; ``cache_path`` caches its outputs,
+    ``progress`` shows one progress bar over the texts it encodes (on a terminal)."""
 
-    def __init__(self, name: str, cache_path=None):
+    def __init__(self, name: str, cache_path=None, progress: bool = False):
         from retrieval.encoders import SentenceDescriptor
 
-        self._inner = SentenceDescriptor(name, cache_path)
+        self._inner = SentenceDescriptor(name, cache_path, progress=progress)
         self.kind = name
         self.n_empty = 0
 
@@ -274,7 +275,7 @@ def make_descriptor(kind: str, vectors: WordVectors | None = None, **options):
     """A new, unfitted descriptor by name (see :data:`KINDS`). Word kinds except ``tfidf`` need ``vectors``."""
     fold = bool(options.get("fold_accents", False))
     if kind in ENCODER_KINDS:
-        return EncoderDescriptor(kind, options.get("cache_path"))
+        return EncoderDescriptor(kind, options.get("cache_path"), bool(options.get("progress", False)))
     if kind == "tfidf":
         keys = ("ngrams", "min_df", "max_df", "max_features")
         return Tfidf(fold_accents=fold, **{k: options[k] for k in keys if k in options})

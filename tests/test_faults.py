@@ -181,7 +181,10 @@ def test_contact_sheet_folder_is_checked_before_anything_loads(tmp_path):
 def test_genres_train_keeps_its_cache_next_to_out(tmp_path):
     from retrieval.commands.genres import _train_cfg
 
-    cfg = _train_cfg("text", "tfidf", None, 8, 0.1, 1, 8, 1e-3, "auto", 0, "overview", str(tmp_path / "m" / "g.pt"))
+    opts = {"descriptor": "tfidf", "text_encoder": None, "hidden": 8, "dropout": 0.1, "epochs": 1, "batch_size": 8,
+            "lr": 1e-3, "weight_decay": 1e-4, "pos_weight": "none", "min_support": 10, "val_fraction": 0.1,
+            "test_fraction": 0.1, "seed": 0, "text_field": "overview", "id_column": None, "genres_column": None}
+    cfg = _train_cfg("text", dict(opts), str(tmp_path / "m" / "g.pt"))
     assert cfg.text_cache == str(tmp_path / "m" / "cache")
 
 

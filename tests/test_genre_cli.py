@@ -33,7 +33,7 @@ def test_train_evaluate_predict_text_model(movies):
     ckpt = folder / "text.pt"
     runner = CliRunner()
     out = _ok(runner.invoke(cli, ["genres", "train", "--labels", str(labels), "--features", str(feats), "--model", "text",
-                                  "--out", str(ckpt), "--quiet", *FAST]))
+                                  "--out", str(ckpt), "--quiet", *FAST, "--batch-size", "32"]))
     assert f"saved {ckpt}" in out and "test: n=" in out
     report = json.loads(_ok(runner.invoke(cli, ["genres", "evaluate", str(ckpt), "--labels", str(labels), "--json"])))
 
@@ -65,8 +65,9 @@ def _poster(path, color):
 
 
 def test_predict_extracts_poster_features_like_the_feature_file(tmp_path):
-    from extract.backbone import load_backbone
-    from extract.features import embed_images
+    """`genres predict --poster` embeds the image on the fly; the reference is the row `cli.py extract` wrote for
+    the same image (the batched extraction pipeline, read back with h5py), not the on-the-fly path itself."""
+    import h5py
 
     colors = {"Acción": (220, 30, 20), "Drama": (20, 40, 200)}
     rng = np.random.default_rng(0)
@@ -79,22 +80,23 @@ def test_predict_extracts_poster_features_like_the_feature_file(tmp_path):
         rows.append(f"{i},película {i},{genre},posters/{i}.png")
     labels = tmp_path / "movies.csv"
     labels.write_text("id,overview,genres,poster\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    config = load_backbone("resnet18", "none", "cpu", image_size=32, seed=0).config
-    paths = [tmp_path / "posters" / f"{i}.png" for i in range(40)]
-    xb, failed = embed_images(paths, config, "cpu")
-    assert not failed
     feats = tmp_path / "posters.h5"
-    write_features(feats, [f"{i}.png" for i in range(40)], xb, config)
-    ckpt = tmp_path / "poster.pt"
     runner = CliRunner()
+    _ok(runner.invoke(cli, ["extract", str(tmp_path / "posters"), str(feats), "--model", "resnet18", "--weights", "none",
+                            "--image-size", "32", "--device", "cpu", "--quiet", "--workers", "0"]))
+    with h5py.File(feats, "r") as fh:
+        ids = [x.decode() if isinstance(x, bytes) else str(x) for x in fh["ids"][:]]
+        row3 = np.asarray(fh["features"][ids.index("3.png")], np.float32)
+    ckpt = tmp_path / "poster.pt"
     _ok(runner.invoke(cli, ["genres", "train", "--labels", str(labels), "--features", str(feats), "--model", "poster",
                             "--out", str(ckpt), "--quiet", "--device", "cpu", *FAST]))
-    out = _ok(runner.invoke(cli, ["genres", "predict", str(ckpt), "--poster", str(paths[3]), "--top", "2", "--device", "cpu"]))
+    out = _ok(runner.invoke(cli, ["genres", "predict", str(ckpt), "--poster", str(tmp_path / "posters" / "3.png"),
+                                  "--top", "2", "--device", "cpu"]))
 
     from retrieval.genre.checkpoint import load_classifier
 
     clf = load_classifier(ckpt)
-    expected = clf.predict_proba(xb[3:4], None)[0]
+    expected = clf.predict_proba(row3[None, :], None)[0]
     got = {line.split()[0]: float(line.split()[1]) for line in out.strip().splitlines()}
     assert set(got) == set(clf.genres)
     for g, p in got.items():
@@ -103,14 +105,38 @@ def test_predict_extracts_poster_features_like_the_feature_file(tmp_path):
     assert result.exit_code == 1 and "needs --poster" in result.output
 
 
+def test_text_only_benchmark_needs_no_feature_file_and_repeats_are_per_seed_runs(movies, tmp_path, monkeypatch):
+    _, labels, _ = movies
+    monkeypatch.chdir(tmp_path)  # no workspace posters.h5 here
+    args = ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--json", "--device", "cpu", *FAST]
+    both = json.loads(_ok(CliRunner().invoke(cli, [*args, "--repeats", "2"])))
+    assert both["repeats"] == 2 and both["n"]["test"] > 0
+    singles = [json.loads(_ok(CliRunner().invoke(cli, [*args, "--seed", str(s)]))) for s in (0, 1)]
+    for row in both["rows"]:
+        ref = [next(r for r in one["rows"] if (r["model"], r["inputs"]) == (row["model"], row["inputs"])) for one in singles]
+        vals = [r["micro_f1"] for r in ref]
+        assert row["micro_f1"] == pytest.approx(np.mean(vals)) and row["micro_f1_sd"] == pytest.approx(np.std(vals, ddof=1))
+    names = [(r["model"], r["inputs"]) for r in both["rows"]]
+    assert names == [("most-frequent", "-"), ("ovr-linearsvc", "bow"), ("ovr-linearsvc", "tfidf"), ("ovr-logreg", "tfidf"),
+                     ("text", "tfidf")]
+
+
+def test_split_fractions_are_options(movies):
+    _, labels, _ = movies
+    out = _ok(CliRunner().invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--device", "cpu",
+                                       "--val-fraction", "0.2", "--test-fraction", "0.3", "--json", *FAST]))
+    n = json.loads(out)["n"]
+    assert sum(n.values()) == 300 and abs(n["val"] - 60) <= 8 and abs(n["test"] - 90) <= 8  # stratified: near, not exact
+
+
 def test_benchmark_json_has_every_variant_and_baseline(movies):
     _, labels, feats = movies
     out = _ok(CliRunner().invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--features", str(feats), "--json",
                                        "--device", "cpu", "--models", "poster,late", *FAST]))
     result = json.loads(out[out.index("{"):])
     names = [(r["model"], r["inputs"]) for r in result["rows"]]
-    assert names == [("most-frequent", "-"), ("ovr-linearsvc", "bow"), ("ovr-linearsvc", "tfidf"), ("poster", "poster"),
-                     ("late", "poster+tfidf")]
+    assert names == [("most-frequent", "-"), ("ovr-linearsvc", "bow"), ("ovr-linearsvc", "tfidf"), ("ovr-logreg", "tfidf"),
+                     ("poster", "poster"), ("late", "poster+tfidf")]
     for r in result["rows"]:
         assert all(np.isfinite(r[k]) and 0 <= r[k] <= 1 for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss"))
     frequent = result["rows"][0]["micro_f1"]

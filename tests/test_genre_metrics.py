@@ -133,3 +133,14 @@ def test_top_k_sets_the_k_most_probable():
         assert {j for j, v in enumerate(row) if v} == best
     assert top_k(p, 10).sum() == 8
     assert list(itertools.chain(*top_k(p, 0))) == [0] * 8
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_micro_f1_helper_matches_the_cell_loop(seed):
+    from retrieval.genre.metrics import micro_f1
+
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((17, 4)) < 0.4).astype(np.uint8)
+    P = (rng.random((17, 4)) < 0.4).astype(np.uint8)
+    assert micro_f1(Y, P) == pytest.approx(_reference(Y.tolist(), P.tolist())["micro_f1"], abs=1e-12)
+    assert micro_f1(np.zeros((3, 2)), np.zeros((3, 2))) == 0.0

@@ -1,24 +1,47 @@
-"""Every genre model variant and the baselines on one dataset and one split: one table."""
+"""Every genre model variant and the baselines on one dataset: one table, mean +- sd over repeated splits.
+
+Repeat ``r`` uses split seed ``cfg.seed + r`` (seeded, stratified; or the file's own split column, where only the
+training seed changes). Sentence-encoder inputs do not depend on the split, so each is computed once per run
+and shared by every model kind and repeat; descriptors fitted on training overviews (tf-idf) once per repeat.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import replace
 
-from retrieval.genre.baselines import most_frequent, ovr_linear_svm
+import numpy as np
+
+from extract.core.errors import UserError
+from retrieval.genre.baselines import (
+    most_frequent,
+    ovr_linear_svm,
+    ovr_logistic_proba,
+    word_features,
+)
+from retrieval.genre.decision import choose_rule
 from retrieval.genre.kinds import MODEL_KINDS
 from retrieval.genre.metrics import multilabel_report
-from retrieval.genre.train import GenreConfig, fit, prepare
+from retrieval.genre.train import GenreConfig, fit, prepare_for, text_inputs
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+COLUMNS = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
 
 
-def _row(name: str, inputs: str, report: dict, seconds: float) -> dict:
-    return {"model": name, "inputs": inputs, **{c: report[c] for c in _COLUMNS}, "train_s": seconds}
+def _summary(name: str, inputs: str, runs: list[dict]) -> dict:
+    row = {"model": name, "inputs": inputs, "repeats": len(runs)}
+    for c in (*COLUMNS, "train_s"):
+        vals = np.array([r[c] for r in runs], np.float64)
+        row[c] = float(vals.mean())
+        row[f"{c}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        row[f"{c}_runs"] = [float(v) for v in vals]
+    rules = Counter(r["decision"] for r in runs if r.get("decision"))
+    row["decision"] = ", ".join(f"{k} x{v}" if len(runs) > 1 else k for k, v in rules.most_common()) or "-"
+    return row
 
 
 def run_benchmark(
@@ -30,69 +53,163 @@ def run_benchmark(
     device: str = "auto",
     allow_pickle: bool = False,
     genre_ids: str | None = None,
+    repeats: int = 1,
+    quiet: bool = True,
 ) -> dict:
-    """Train and test every model kind (text-using kinds once per descriptor) plus the baselines.
+    """Train and test every model kind (text-using kinds once per descriptor) plus the baselines, ``repeats`` times.
 
-    All rows share one split (seeded, stratified) and thresholds tuned on its validation part; figures
-    are on the test part. Returns ``{"rows": [...], "n": {...}, "genres": [...], "notes": [...]}``.
+    Without ``features_path`` (or when no requested model uses posters) the dataset is text only. Thresholds
+    and decision rules are chosen on each split's validation part; figures are on its test part. Returns
+    ``{"rows": [...], "n": {...}, "genres": [...], "notes": [...], "config": {...}}``; each row has the mean of
+    every metric, its sd (``<metric>_sd``) and the per-repeat values (``<metric>_runs``).
     """
     cfg = cfg or GenreConfig()
-    prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                   test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    needs_poster = any(m != "text" for m in models)
+    if not needs_poster:
+        features_path = None
+    runs: dict[tuple[str, str], list[dict]] = {}
+    shared_text: dict[str, tuple] = {}
+    prep = None
+    for r in range(repeats):
+        prep = prepare_for(cfg, labels_path, features_path, genre_ids, allow_pickle, seed=cfg.seed + r)
+        _one_repeat(prep, replace(cfg, seed=cfg.seed + r), descriptors, models, device, runs, shared_text, quiet)
     labels = prep.labels
-    train, test = prep.rows("train"), prep.rows("test")
-    if len(test) == 0:
-        from extract.core.errors import UserError
-
-        raise UserError(f"{labels_path}: the split leaves no test movies; use more movies or a larger --test-fraction")
-    texts = labels.texts
-    Y_test = labels.Y[test]
-    exclude = prep.no_train_positive
-
-    def score(pred):
-        return multilabel_report(Y_test, pred, labels.genres, exclude=exclude)
-
-    rows = []
-    t0 = time.perf_counter()
-    rows.append(_row("most-frequent", "-", score(most_frequent(labels.Y[train], len(test))), time.perf_counter() - t0))
-    if any(t.strip() for t in texts):
-        for kind in ("bow", "tfidf"):
-            t0 = time.perf_counter()
-            pred = ovr_linear_svm([texts[i] for i in train], labels.Y[train], [texts[i] for i in test], kind)
-            rows.append(_row("ovr-linearsvc", kind, score(pred), time.perf_counter() - t0))
-    else:
-        log.warning("no overview text in %s: text models and word baselines are skipped", labels_path)
-        models = tuple(m for m in models if m == "poster")
-    for model in models:
-        if model != "text" and prep.poster is None:
-            continue
-        for desc in (descriptors if model != "poster" else ("-",)):
-            run_cfg = replace(cfg, model=model, descriptor=desc if desc != "-" else cfg.descriptor)
-            clf = fit(prep, run_cfg, device=device)
-            probs = clf.predict_proba(prep.poster[test] if prep.poster is not None else None, [texts[i] for i in test])
-            inputs = {"poster": "poster", "text": desc}.get(model, f"poster+{desc}")
-            rows.append(_row(model, inputs, score(clf.decide(probs)), clf.train_seconds))
-            log.info("%s (%s): micro-F1 %.3f", model, inputs, rows[-1]["micro_f1"])
     notes = []
-    if exclude:
-        notes.append(f"excluded from macro-F1 (no positive in training): {', '.join(exclude)}")
+    if prep.no_train_positive:
+        notes.append(f"excluded from macro-F1 (no positive in training): {', '.join(prep.no_train_positive)}")
+    if not any(t.strip() for t in labels.texts):
+        notes.append("no overview text: text models and word baselines skipped")
+    if needs_poster and prep.poster is None:
+        notes.append("no poster features: poster and fusion models skipped")
     n = {s: len(prep.rows(s)) for s in ("train", "val", "test")}
-    return {"rows": rows, "n": n, "genres": list(labels.genres), "notes": notes,
+    rows = [_summary(name, inputs, vals) for (name, inputs), vals in runs.items()]
+    return {"rows": rows, "n": n, "genres": list(labels.genres), "notes": notes, "repeats": repeats,
             "config": {k: v for k, v in vars(cfg).items() if k not in ("model", "descriptor")}}
 
 
+def _one_repeat(prep, cfg: GenreConfig, descriptors, models, device, runs, shared_text, quiet) -> None:
+    labels = prep.labels
+    train, val, test = prep.rows("train"), prep.rows("val"), prep.rows("test")
+    if len(test) == 0:
+        raise UserError(f"{labels.source}: the split leaves no test movies; use more movies or a larger --test-fraction")
+    texts, Y = labels.texts, labels.Y
+    exclude = prep.no_train_positive
+    skip = np.array([g in exclude for g in labels.genres])
+
+    def add(name, inputs, pred, seconds, decision=""):
+        report = multilabel_report(Y[test], pred, labels.genres, exclude=exclude)
+        runs.setdefault((name, inputs), []).append({**{c: report[c] for c in COLUMNS}, "train_s": seconds,
+                                                    "decision": decision})
+        log.info("seed %d %s (%s): micro-F1 %.3f", cfg.seed, name, inputs, report["micro_f1"])
+
+    t0 = time.perf_counter()
+    add("most-frequent", "-", most_frequent(Y[train], len(test)), time.perf_counter() - t0)
+    has_text = any(t.strip() for t in texts)
+    if has_text:
+        tr, va, te = ([texts[i] for i in rows] for rows in (train, val, test))
+        for kind in ("bow", "tfidf"):
+            t0 = time.perf_counter()
+            add("ovr-linearsvc", kind, ovr_linear_svm(tr, Y[train], te, kind), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        x_tr, x_other = word_features(tr, va + te, "tfidf")
+        p_val, p_test = ovr_logistic_proba(x_tr, Y[train], [x_other[: len(va)], x_other[len(va):]], C=10.0)
+        rule = choose_rule(p_val, Y[val], cfg.min_support, seed=cfg.seed, skip=skip)
+        add("ovr-logreg", "tfidf", rule.apply(p_test), time.perf_counter() - t0, rule.describe().split(" ")[0])
+    for model in models:
+        if (model != "text" and prep.poster is None) or (model != "poster" and not has_text):
+            continue
+        for desc in (descriptors if model != "poster" else ("-",)):
+            run_cfg = replace(cfg, model=model, descriptor=desc if desc != "-" else cfg.descriptor)
+            text = None
+            if model != "poster":
+                key = desc if desc in shared_text else None
+                if key is None:
+                    t0 = time.perf_counter()
+                    text = text_inputs(prep, run_cfg, progress=not quiet)
+                    log.info("%s inputs for %d overviews in %.1fs", desc, len(texts), time.perf_counter() - t0)
+                    if not text[0].fitted_on_texts:
+                        shared_text[desc] = text
+                else:
+                    text = shared_text[key]
+            clf = fit(prep, run_cfg, device=device, text=text)
+            probs = clf.predict_proba(prep.poster[test] if prep.poster is not None else None, [texts[i] for i in test])
+            inputs = {"poster": "poster", "text": desc}.get(model, f"poster+{desc}")
+            add(model, inputs, clf.decide(probs), clf.train_seconds, clf.decision.describe().split(" ")[0])
+
+
+def _cell(row: dict, c: str, digits: int = 3) -> str:
+    if row["repeats"] > 1:
+        return f"{row[c]:.{digits}f}±{row[c + '_sd']:.{digits}f}"
+    return f"{row[c]:.{digits}f}"
+
+
 def format_benchmark(result: dict) -> str:
-    """The benchmark result as a fixed-width table (test split)."""
+    """The benchmark result as a fixed-width table (test split; mean±sd over repeats)."""
     n = result["n"]
+    rep = result.get("repeats", 1)
+    w = 13 if rep > 1 else 8
     lines = [
-        (f"genre benchmark: {len(result['genres'])} genres; train {n['train']}, val {n['val']}, test {n['test']} movies "
-        "(figures on test; thresholds from val)"),
-        f"{'model':<14} {'inputs':<24} {'micro-F1':>8} {'macro-F1':>8} {'samples-F1':>10} {'subset-acc':>10} {'hamming':>8} {'train s':>8}",
+        (f"genre benchmark: {len(result['genres'])} genres; train {n['train']}, val {n['val']}, test {n['test']} movies; "
+         f"{rep} repeat{'s' if rep > 1 else ''} (figures on test{', mean±sd' if rep > 1 else ''}; decision rules from val)"),
+        (f"{'model':<14} {'inputs':<22} {'micro-F1':>{w}} {'macro-F1':>{w}} {'samples-F1':>{w}} {'hamming':>{w + 1}} "
+        f"{'train s':>8}  decision"),
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['model']:<14} {r['inputs']:<24} {r['micro_f1']:8.3f} {r['macro_f1']:8.3f} {r['samples_f1']:10.3f} "
-            f"{r['subset_accuracy']:10.3f} {r['hamming_loss']:8.4f} {r['train_s']:8.2f}"
+            f"{r['model']:<14} {r['inputs']:<22} {_cell(r, 'micro_f1'):>{w}} {_cell(r, 'macro_f1'):>{w}} "
+            f"{_cell(r, 'samples_f1'):>{w}} {_cell(r, 'hamming_loss', 4 if rep == 1 else 3):>{w + 1}} "
+            f"{r['train_s']:8.2f}  {r['decision']}"
         )
     lines += [f"note: {x}" for x in result["notes"]]
+    return "\n".join(lines)
+
+
+def finetune_benchmark(
+    labels_path: str | os.PathLike,
+    features_path: str | os.PathLike,
+    blocks: int,
+    cfg: GenreConfig | None = None,
+    device: str = "auto",
+    allow_pickle: bool = False,
+    genre_ids: str | None = None,
+) -> dict:
+    """Poster-only model on cached features vs the same split with the last ``blocks`` backbone blocks fine-tuned
+    on the images: test micro-F1 and seconds per epoch of each, measured in the same run."""
+    from retrieval.genre.finetune import finetune, poster_paths
+
+    cfg = replace(cfg or GenreConfig(), model="poster")
+    prep = prepare_for(cfg, labels_path, features_path, genre_ids, allow_pickle)
+    test = prep.rows("test")
+    if len(test) == 0:
+        raise UserError(f"{labels_path}: the split leaves no test movies; use a larger --test-fraction")
+    Y = prep.labels.Y[test]
+    clf = fit(prep, cfg, device=device)
+    cached = multilabel_report(Y, clf.decide(clf.predict_proba(prep.poster[test], None)), prep.labels.genres)
+    paths, config = poster_paths(prep, features_path)
+    res = finetune(prep, paths, config, cfg, blocks, device=device)
+    tuned = multilabel_report(Y, res["decision"].apply(res["probs_test"]), prep.labels.genres)
+    base = multilabel_report(Y, most_frequent(prep.labels.Y[prep.rows("train")], len(test)), prep.labels.genres)
+    return {
+        "n": {s: len(prep.rows(s)) for s in ("train", "val", "test")}, "blocks": blocks, "model": config.get("model"),
+        "rows": [
+            {"model": "most-frequent", "micro_f1": base["micro_f1"], "epoch_s": 0.0, "epochs": 0},
+            {"model": "cached features", "micro_f1": cached["micro_f1"], "epoch_s": clf.train_seconds / len(clf.history),
+             "epochs": len(clf.history)},
+            {"model": f"fine-tuned (last {blocks} blocks)", "micro_f1": tuned["micro_f1"], "epoch_s": res["epoch_seconds"],
+             "epochs": len(res["history"])},
+        ],
+    }
+
+
+def format_finetune(result: dict) -> str:
+    n = result["n"]
+    lines = [f"poster genres, {result['model']}: train {n['train']}, val {n['val']}, test {n['test']} movies (test micro-F1)",
+             f"{'model':<30} {'micro-F1':>8} {'s/epoch':>9} {'epochs':>6}"]
+    for r in result["rows"]:
+        lines.append(f"{r['model']:<30} {r['micro_f1']:8.3f} {r['epoch_s']:9.2f} {r['epochs']:6d}")
+    cached, tuned = result["rows"][1], result["rows"][2]
+    if cached["epoch_s"] > 0:
+        lines.append(f"fine-tuning costs {tuned['epoch_s'] / cached['epoch_s']:.0f}x the time per epoch of the cached-feature head")
     return "\n".join(lines)

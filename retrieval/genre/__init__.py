@@ -3,13 +3,8 @@
 Importing this package is cheap: torch, gensim and scikit-learn load only inside the functions that use them.
 """
 
-from retrieval.genre.data import (
-    LabelSet,
-    encode_genres,
-    join_features,
-    load_labels,
-    read_label_set,
-)
+from retrieval.genre.data import LabelSet, encode_genres, load_labels, read_label_set
+from retrieval.genre.join import join_features, joined
 from retrieval.genre.metrics import (
     apply_thresholds,
     multilabel_report,
@@ -23,6 +18,7 @@ __all__ = [
     "apply_thresholds",
     "encode_genres",
     "join_features",
+    "joined",
     "load_labels",
     "multilabel_report",
     "read_label_set",

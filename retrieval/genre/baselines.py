@@ -1,10 +1,16 @@
-"""Reference classifiers scored beside the neural heads: most frequent genres, one-vs-rest linear SVM on words."""
+"""Reference classifiers scored beside the neural heads: most frequent genres; one-vs-rest linear models on words.
+
+Word features are scikit-learn's sparse ``CountVectorizer`` (bag of words) and ``TfidfVectorizer`` over the
+project's tokens (:func:`retrieval.text.tokenize`), fitted on the training overviews only.
+"""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+
+WORD_FEATURES = ("bow", "tfidf")
 
 
 def most_frequent(Y_train: np.ndarray, n: int) -> np.ndarray:
@@ -19,28 +25,25 @@ def most_frequent(Y_train: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def bag_of_words(texts_train: list[str], texts_test: list[str]):
-    """Word counts over the training vocabulary: two ``(n, V) float32`` CSR matrices (train, test)."""
-    from gensim.corpora import Dictionary
-    from gensim.matutils import corpus2csc
+def word_features(texts_train: list[str], texts_test: list[str], kind: str = "bow", max_features: int | None = 50000):
+    """Sparse word features fitted on the training texts: two CSR matrices ``(n, V)`` (train, test).
+
+    ``bow``: unigram counts; ``tfidf``: l2-normalised tf-idf of unigrams and bigrams with sublinear tf.
+    """
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
     from retrieval.text import tokenize
 
-    docs = [tokenize(t) for t in texts_train]
-    vocab = Dictionary(docs)
-
-    def counts(tokenized):
-        bows = [vocab.doc2bow(d) for d in tokenized]
-        return corpus2csc(bows, num_terms=len(vocab), num_docs=len(bows), dtype=np.float32).T.tocsr()
-
-    return counts(docs), counts([tokenize(t) for t in texts_test])
-
-
-def _tfidf(texts_train: list[str], texts_test: list[str]):
-    from retrieval.descriptors import make_descriptor
-
-    desc = make_descriptor("tfidf", None, ngrams=1, min_df=1, max_df=1.0, max_features=50000).fit(texts_train)
-    return desc.transform(texts_train), desc.transform(texts_test)
+    if kind not in WORD_FEATURES:
+        raise ValueError(f"unknown word features {kind!r}; use one of {WORD_FEATURES}")
+    common = {"tokenizer": tokenize, "lowercase": False, "token_pattern": None, "max_features": max_features,
+              "dtype": np.float32}
+    if kind == "bow":
+        vec = CountVectorizer(**common)
+    else:
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(texts_train) >= 50 else 1, sublinear_tf=True, **common)
+    x_train = vec.fit_transform(texts_train)
+    return x_train, vec.transform(texts_test)
 
 
 def ovr_linear_svm(texts_train: list[str], Y_train: np.ndarray, texts_test: list[str], kind: str = "bow") -> np.ndarray:
@@ -51,7 +54,7 @@ def ovr_linear_svm(texts_train: list[str], Y_train: np.ndarray, texts_test: list
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.svm import LinearSVC
 
-    x_train, x_test = (bag_of_words if kind == "bow" else _tfidf)(texts_train, texts_test)
+    x_train, x_test = word_features(texts_train, texts_test, kind)
     out = np.zeros((len(texts_test), Y_train.shape[1]), np.uint8)
     varied = Y_train.min(axis=0) != Y_train.max(axis=0)
     out[:, ~varied] = Y_train[0, ~varied] if len(Y_train) else 0
@@ -61,3 +64,23 @@ def ovr_linear_svm(texts_train: list[str], Y_train: np.ndarray, texts_test: list
             clf = OneVsRestClassifier(LinearSVC(C=1.0, max_iter=5000)).fit(x_train, Y_train[:, varied])
         out[:, varied] = clf.predict(x_test)
     return out
+
+
+def ovr_logistic_proba(x_train, Y_train: np.ndarray, x_other: list, C: float = 1.0) -> list[np.ndarray]:
+    """One-vs-rest logistic regression: probabilities ``(n, G) float32`` for each matrix of ``x_other``.
+
+    A genre with no positive (or no negative) training movie gets its training rate as a constant probability.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    varied = Y_train.min(axis=0) != Y_train.max(axis=0)
+    rate = Y_train.mean(axis=0).astype(np.float32) if len(Y_train) else np.zeros(Y_train.shape[1], np.float32)
+    outs = [np.tile(rate, (x.shape[0], 1)) for x in x_other]
+    if varied.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = OneVsRestClassifier(LogisticRegression(C=C, max_iter=2000)).fit(x_train, Y_train[:, varied])
+        for out, x in zip(outs, x_other):
+            out[:, varied] = clf.predict_proba(x)
+    return outs

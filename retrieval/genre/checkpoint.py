@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from extract.core.errors import UserError
-from retrieval.genre.metrics import apply_thresholds, multilabel_report, top_k
+from retrieval.genre.decision import DecisionRule
+from retrieval.genre.metrics import multilabel_report, top_k
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class GenreClassifier:
     train_seconds: float = 0.0
     dims: dict = field(default_factory=dict)
     labels_path: str = ""
+    decision: DecisionRule | None = None
+
+    def __post_init__(self):
+        if self.decision is None:
+            self.decision = DecisionRule("thresholds", np.asarray(self.thresholds, np.float32))
 
     @property
     def uses_poster(self) -> bool:
@@ -65,8 +71,8 @@ class GenreClassifier:
         return probs
 
     def decide(self, probs: np.ndarray, k: int | None = None) -> np.ndarray:
-        """0/1 predictions: per-genre validation thresholds, or the ``k`` most probable genres."""
-        return top_k(probs, k) if k else apply_thresholds(probs, self.thresholds)
+        """0/1 predictions: the decision rule chosen on validation, or the ``k`` most probable genres."""
+        return top_k(probs, k) if k else self.decision.apply(probs)
 
     def check_features(self, info: dict) -> None:
         """Refuse poster features of another dimension, backbone, weights or preprocessing, naming both."""
@@ -89,7 +95,7 @@ class GenreClassifier:
             "descriptor": self.descriptor.state() if self.descriptor is not None else None,
             "features": self.features, "no_train_positive": list(self.no_train_positive),
             "split_ids": self.split_ids, "history": self.history, "train_seconds": float(self.train_seconds),
-            "dims": dict(self.dims), "labels_path": self.labels_path,
+            "dims": dict(self.dims), "labels_path": self.labels_path, "decision": self.decision.state(),
         }
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
@@ -126,6 +132,7 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
         descriptor=desc, features=blob["features"], no_train_positive=list(blob["no_train_positive"]),
         split_ids=blob["split_ids"], history=blob["history"], train_seconds=blob["train_seconds"], dims=dims,
         labels_path=blob["labels_path"],
+        decision=DecisionRule.from_state(blob["decision"]) if blob.get("decision") else None,
     )
 
 
@@ -138,18 +145,23 @@ def evaluate(
     allow_pickle: bool = False,
     device: str = "cpu",
     genre_ids: str | None = None,
+    columns: dict | None = None,
 ) -> dict:
     """Score a model on a label file (default: the one it was trained on) and one split (test, val or all).
 
     Labels are encoded with the model's genre list; ``test``/``val`` select the movies recorded in the
-    checkpoint for that split.
+    checkpoint for that split. ``columns`` overrides the label columns saved in the model's config
+    (``text_field``, ``id_column``, ``genres_column``).
     """
     from retrieval.genre.data import joined, read_label_set
 
     labels_path = labels_path or clf.labels_path
     if features_path is None and clf.uses_poster:
         features_path = (clf.features or {}).get("path")
-    labels = read_label_set(labels_path, clf.cfg.text_field, clf.genres, genre_ids, allow_pickle)
+    col = {"text_field": clf.cfg.text_field, "id_column": clf.cfg.id_column, "genres_column": clf.cfg.genres_column,
+           **(columns or {})}
+    labels = read_label_set(labels_path, col["text_field"], clf.genres, genre_ids, allow_pickle, col["id_column"],
+                            col["genres_column"])
     poster = None
     if clf.uses_poster:
         from extract.store import open_features
@@ -169,7 +181,8 @@ def evaluate(
         poster = ff.load(rows)
     probs = clf.predict_proba(poster, labels.texts, device=device)
     report = multilabel_report(labels.Y, clf.decide(probs, k), clf.genres, exclude=clf.no_train_positive)
-    report.update({"split": split, "model": clf.cfg.model, "decision": f"top-{k}" if k else "thresholds"})
+    report.update({"split": split, "model": clf.cfg.model,
+                   "decision": f"top-{k}" if k else clf.decision.describe()})
     return report
 
 
@@ -204,8 +217,9 @@ def predict_movie(
         raise UserError(f"this {clf.cfg.model} model needs --overview TEXT")
     probs = clf.predict_proba(feats, [overview or ""], device=device)[0]
     order = np.argsort(-probs, kind="stable")[: max(1, top)]
+    chosen = clf.decide(probs[None, :])[0]
     return [
         {"genre": clf.genres[j], "probability": float(probs[j]), "threshold": float(clf.thresholds[j]),
-         "predicted": bool(probs[j] >= clf.thresholds[j])}
+         "predicted": bool(chosen[j])}
         for j in order
     ]

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from extract.core.errors import UserError
 from retrieval.genre.kinds import MODEL_KINDS
 
+# per-genre positive weights of the loss: 1 (none: calibrated probabilities, which a global threshold and top-k
+# need), the square root of negatives/positives (sqrt), or negatives/positives (auto)
+POS_WEIGHTS = ("none", "sqrt", "auto")
+
 
 @dataclass(frozen=True)
 class GenreConfig:
@@ -17,14 +21,17 @@ class GenreConfig:
     descriptor_path: str | None = None
     text_cache: str | None = None
     text_field: str = "overview"
+    id_column: str | None = None
+    genres_column: str | None = None
     hidden: int = 256
     dropout: float = 0.3
     epochs: int = 60
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    pos_weight: str = "auto"
+    pos_weight: str = "none"
     pos_weight_cap: float = 10.0
+    min_support: float = 10.0
     patience: int = 10
     seed: int = 0
     val_fraction: float = 0.1
@@ -33,8 +40,11 @@ class GenreConfig:
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
             raise UserError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
-        if self.pos_weight not in ("auto", "none"):
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise UserError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} must be in [0, 1) "
+                            "and leave some movies for training")
+        if self.pos_weight not in POS_WEIGHTS:
             try:
                 float(self.pos_weight)
             except ValueError:
-                raise UserError(f"--pos-weight must be auto, none or a number, not {self.pos_weight!r}") from None
+                raise UserError(f"--pos-weight must be {', '.join(POS_WEIGHTS)} or a number, not {self.pos_weight!r}") from None

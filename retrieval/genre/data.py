@@ -1,11 +1,17 @@
 """Movie label files -> multi-hot genre matrix, joined to cached poster features by id.
 
-Three layouts are read (CSV, JSON list, JSONL; pickle only when explicitly allowed):
+Layouts read (containers in :mod:`retrieval.genre.readers`: CSV/TSV/JSON/JSONL, gzipped or not, pickle only
+when explicitly allowed, MM-IMDb folders):
 
 * poster CSV: ``Id, Genre, <one 0/1 column per genre>``, posters at ``Images/<Id>.jpg``;
 * TMDB-style records: ``id, title, overview, genres`` where genres are names, TMDB genre ids, a JSON
-  list of either, or a list of ``{"id", "name"}`` objects, plus an optional poster path;
+  list of either, a list literal (``[Drama, Comedia]``) or a list of ``{"id", "name"}`` objects, plus an optional
+  poster path;
 * plain records: ``id, text, genres`` (names separated by ``|``), optional image path and ``split``.
+
+Column names can be given (``id_column``, ``text_column``, ``genres_column``); otherwise the usual names are
+tried. Every id-like column is kept, so a join to poster features can use the one that matches (Kaggle's
+``movies_metadata.csv`` has TMDB ``id`` and ``imdb_id``; posters are often named by the latter).
 
 Genre order is saved with every model: the columns of ``Y`` follow ``LabelSet.genres``.
 """
@@ -13,19 +19,20 @@ Genre order is saved with every model: the columns of ``Y`` follow ``LabelSet.ge
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import logging
 import os
-import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from extract.core.errors import UserError
+from retrieval.genre.join import best_id_column, join_features, joined, preview  # noqa: F401 (re-exported)
+from retrieval.genre.labels import LabelSet
+from retrieval.genre.readers import read_records
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +52,16 @@ _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", 
 
 
 @dataclass(frozen=True)
-class LabelSet:
-    """Movies with their genres. ``Y`` is ``(n, G) uint8`` multi-hot, columns in ``genres`` order."""
+class RawLabels:
+    """A label file as read, before genres are encoded: one entry per row of the file."""
 
     ids: list[str]
     texts: list[str]
     posters: list[str]
-    genres: list[str]
-    Y: np.ndarray
+    names: list[list[str]]
     splits: list[str] | None
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, rows: np.ndarray | list[int]) -> LabelSet:
-        """The movies at ``rows``, in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return replace(
-            self,
-            ids=[self.ids[r] for r in rows],
-            texts=[self.texts[r] for r in rows],
-            posters=[self.posters[r] for r in rows],
-            Y=self.Y[rows],
-            splits=None if self.splits is None else [self.splits[r] for r in rows],
-        )
-
-
-def _preview(items: list[str], k: int = 5) -> str:
-    shown = ", ".join(repr(x) for x in items[:k])
-    return shown + (f", ... ({len(items) - k} more)" if len(items) > k else "")
+    id_column: str
+    alt_ids: dict[str, list[str]]
 
 
 def load_genre_ids(path: str | os.PathLike | None) -> dict[int, str]:
@@ -123,7 +110,8 @@ def _genre_items(value: Any) -> list[Any]:
             if not text:
                 return []
     sep = "|" if "|" in text else ("," if "," in text else ";" if ";" in text else None)
-    return [t.strip() for t in text.split(sep)] if sep else [text]
+    items = [t.strip().strip("'\"").strip() for t in text.split(sep)] if sep else [text.strip("'\"").strip()]
+    return [t for t in items if t]
 
 
 def _genre_name(item: Any, id_table: dict[int, str]) -> str | None:
@@ -140,60 +128,6 @@ def _genre_name(item: Any, id_table: dict[int, str]) -> str | None:
     return name or None
 
 
-def _records_from_file(path: Path, allow_pickle: bool) -> tuple[list[dict], list[str]]:
-    """Read rows as dicts; also return the column names as found."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-                rows = list(reader)
-                return rows, list(reader.fieldnames or [])
-        if suffix == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise UserError(f"{path}:{n}: not a JSON object ({exc.msg}); fix or remove that line") from None
-        elif suffix == ".json":
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(raw, dict):
-                lists = [v for v in raw.values() if isinstance(v, list)]
-                raw = lists[0] if len(lists) == 1 else raw.get("movies", raw.get("results"))
-            rows = raw
-        elif suffix in (".pkl", ".pickle"):
-            rows = _unpickle(path, allow_pickle)
-        else:
-            raise UserError(f"{path}: unknown label file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"{path}: expected a list of movie objects (one per movie)")
-    columns = list(dict.fromkeys(k for r in rows[:1000] for k in r))
-    return rows, columns
-
-
-def _unpickle(path: Path, allow_pickle: bool) -> list[dict]:
-    if not allow_pickle:
-        raise UserError(
-            f"{path} is a pickle, which runs code when loaded; convert it to CSV/JSONL, "
-            "or pass --allow-pickle if you trust the file"
-        )
-    import pickle
-
-    warnings.warn(f"unpickling {path}: this runs any code the file contains; only do it for files you trust", stacklevel=3)
-    with open(path, "rb") as fh:
-        obj = pickle.load(fh)
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict("records")
-    return list(obj)
-
-
 def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
     for name in names:
         if name in columns:
@@ -207,42 +141,61 @@ def _is_poster_csv(columns: list[str], rows: list[dict]) -> bool:
     return all(str(r.get(c, "")).strip() in ("0", "1", "0.0", "1.0") for r in rows[:50] for c in columns[2:])
 
 
+def _column(lower: dict[str, str], wanted: str | None, defaults: tuple[str, ...], what: str, path: Path,
+            columns: list[str]) -> str | None:
+    """The column to read: the one asked for (an error when absent), else the first default present."""
+    if wanted:
+        if wanted.lower() not in lower:
+            raise UserError(f"{path} has no {what} column {wanted!r}; its columns are {preview(columns, 12)}")
+        return lower[wanted.lower()]
+    return _pick(lower, defaults)
+
+
 def load_labels(
     path: str | os.PathLike,
-    text_field: str = "overview",
+    text_field: str | None = "overview",
     genre_ids: dict[int, str] | None = None,
     allow_pickle: bool = False,
-) -> tuple[list[str], list[str], list[str], list[list[str]], list[str] | None]:
-    """Read a label file -> (ids, texts, posters, genre names per movie, splits or None).
+    id_column: str | None = None,
+    genres_column: str | None = None,
+) -> RawLabels:
+    """Read a label file (or MM-IMDb folder) -> :class:`RawLabels`, one entry per row.
 
-    Posters are resolved relative to the label file's folder when they are relative paths.
+    ``text_field`` names the text column (falls back to overview/text/plot/... when absent); ``id_column`` and
+    ``genres_column`` must exist when given. Posters are resolved relative to the label file's folder when they
+    are relative paths.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"label file {path} does not exist")
-    rows, columns = _records_from_file(path, allow_pickle)
+    rows, columns = read_records(path, allow_pickle)
     if not rows:
         raise UserError(f"{path} holds no movies")
-    if _is_poster_csv(columns, rows):
-        id_col, genre_cols = columns[0], columns[2:]
+    if path.is_dir():
+        path = path / "split.json"
+    lower = {c.lower(): c for c in columns}
+    if _is_poster_csv(columns, rows) and not genres_column:
+        id_col = _column(lower, id_column, (columns[0].lower(),), "id", path, columns)
+        genre_cols = columns[2:]
         ids = [str(r[id_col]).strip() for r in rows]
         genres = [[g for g in genre_cols if str(r[g]).strip() in ("1", "1.0")] for r in rows]
         posters = [str(path.parent / "Images" / f"{i}.jpg") for i in ids]
-        return ids, [""] * len(ids), posters, genres, None
-    lower = {c.lower(): c for c in columns}
-    id_col = _pick(lower, _ID_COLS)
-    genre_col = _pick(lower, _GENRE_COLS)
+        return RawLabels(ids, [""] * len(ids), posters, genres, None, id_col, {})
+    id_col = _column(lower, id_column, _ID_COLS, "id", path, columns)
+    genre_col = _column(lower, genres_column, _GENRE_COLS, "genres", path, columns)
     if id_col is None or genre_col is None:
         raise UserError(
-            f"{path} has columns {columns[:12]}; expected an id column ({'/'.join(_ID_COLS)}) and a genres column "
-            f"({'/'.join(_GENRE_COLS)}), or the poster CSV layout (Id, Genre, one 0/1 column per genre)"
+            f"{path} has columns {preview(columns, 12)}; expected an id column ({'/'.join(_ID_COLS)}) and a genres "
+            f"column ({'/'.join(_GENRE_COLS)}), or the poster CSV layout (Id, Genre, one 0/1 column per genre); "
+            "name them with --id-column and --genres-column"
         )
-    text_col = lower.get(text_field.lower()) or _pick(lower, _TEXT_COLS)
+    text_col = (lower.get(text_field.lower()) if text_field else None) or _pick(lower, _TEXT_COLS)
     if text_col is None:
-        log.warning("%s has no %r column (nor overview/text); text models will see empty texts", path, text_field)
+        log.warning("%s has no %r column (nor overview/text/plot); text models will see empty texts", path, text_field)
     poster_col = _pick(lower, _POSTER_COLS)
     split_col = lower.get("split")
     table = genre_ids if genre_ids is not None else TMDB_GENRES
+    alt_cols = [] if id_column else [lower[c] for c in _ID_COLS if c in lower and lower[c] != id_col]
     ids, texts, posters, names, unknown_ids = [], [], [], [], Counter()
     for r in rows:
         ids.append(str(r.get(id_col, "")).strip())
@@ -257,19 +210,20 @@ def load_labels(
             elif name not in movie:
                 movie.append(name)
         names.append(movie)
+    alt_ids = {c: [str(r.get(c) or "").strip() for r in rows] for c in alt_cols}
     if unknown_ids:
         log.warning(
             "%s: %d genre ids not in the TMDB table are ignored (%s); pass a --genre-ids JSON to name them",
-            path, sum(unknown_ids.values()), _preview([f"{k} x{v}" for k, v in unknown_ids.most_common()]),
+            path, sum(unknown_ids.values()), preview([f"{k} x{v}" for k, v in unknown_ids.most_common()]),
         )
     splits = None
     if split_col:
         raw = [str(r.get(split_col) or "").strip().lower() for r in rows]
         bad = sorted({s for s in raw if s not in _SPLITS})
         if bad:
-            raise UserError(f"{path}: split column has values {_preview(bad)}; use train, val or test")
+            raise UserError(f"{path}: split column has values {preview(bad)}; use train, val or test")
         splits = [_SPLITS[s] for s in raw]
-    return ids, texts, posters, names, splits
+    return RawLabels(ids, texts, posters, names, splits, id_col, alt_ids)
 
 
 def encode_genres(
@@ -301,21 +255,23 @@ def encode_genres(
 
 def read_label_set(
     path: str | os.PathLike,
-    text_field: str = "overview",
+    text_field: str | None = "overview",
     genres: list[str] | None = None,
     genre_ids_path: str | os.PathLike | None = None,
     allow_pickle: bool = False,
+    id_column: str | None = None,
+    genres_column: str | None = None,
 ) -> LabelSet:
     """Load, encode and clean a label file: duplicates, unknown genres and genre-less movies are reported and dropped."""
-    ids, texts, posters, names, splits = load_labels(path, text_field, load_genre_ids(genre_ids_path), allow_pickle)
-    Y, order, unknown = encode_genres(names, genres)
+    raw = load_labels(path, text_field, load_genre_ids(genre_ids_path), allow_pickle, id_column, genres_column)
+    Y, order, unknown = encode_genres(raw.names, genres)
     if unknown:
         log.warning(
             "%s: %d genre labels are not among the %d known genres and are ignored: %s",
-            path, sum(unknown.values()), len(order), _preview([f"{g} x{n}" for g, n in unknown.most_common()]),
+            path, sum(unknown.values()), len(order), preview([f"{g} x{n}" for g, n in unknown.most_common()]),
         )
     keep, seen, dupes, empty = [], set(), [], []
-    for i, movie_id in enumerate(ids):
+    for i, movie_id in enumerate(raw.ids):
         if movie_id in seen:
             dupes.append(movie_id)
         elif not Y[i].any():
@@ -324,65 +280,15 @@ def read_label_set(
             keep.append(i)
         seen.add(movie_id)
     if dupes:
-        log.warning("%s: %d duplicate ids, first occurrence kept: %s", path, len(dupes), _preview(dupes))
+        log.warning("%s: %d duplicate ids, first occurrence kept: %s", path, len(dupes), preview(dupes))
     if empty:
-        log.warning("%s: %d of %d movies have no known genre and are skipped: %s", path, len(empty), len(ids), _preview(empty))
+        log.warning("%s: %d of %d movies have no known genre and are skipped: %s", path, len(empty), len(raw.ids),
+                    preview(empty))
     if not keep:
-        raise UserError(f"{path}: none of its {len(ids)} movies has a known genre; check the genres column")
-    labels = LabelSet(ids, texts, posters, order, Y, splits, str(path)).subset(keep)
+        raise UserError(f"{path}: none of its {len(raw.ids)} movies has a known genre; check the genres column")
+    labels = LabelSet(raw.ids, raw.texts, raw.posters, order, Y, raw.splits, str(path), raw.id_column,
+                      raw.alt_ids).subset(keep)
     used = labels.Y.any(axis=0)
     if genres is None and not used.all():
         labels = replace(labels, genres=[g for g, u in zip(order, used) if u], Y=labels.Y[:, used])
     return labels
-
-
-def _path_keys(p: str) -> list[str]:
-    """A path and every shorter tail of it, each with and without its extension (longest first)."""
-    parts = PurePosixPath(p.replace("\\", "/")).parts
-    keys = []
-    for k in range(len(parts)):
-        tail = "/".join(parts[k:])
-        keys += [tail, str(PurePosixPath(tail).with_suffix(""))] if PurePosixPath(tail).suffix else [tail]
-    return keys
-
-
-def join_features(labels: LabelSet, feature_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Feature row of each movie, or -1; and the ids that did not join.
-
-    A movie joins a feature id when its id, its poster path, or any tail of its poster path (with or
-    without extension) equals a tail of the feature id (the image path relative to the image root),
-    e.g. id ``"42"`` or poster ``movies/posters/42.jpg`` both join feature id ``"42.jpg"``. A key that
-    matches several feature ids is ambiguous and skipped.
-    """
-    index: dict[str, int] = {}
-    for row, fid in enumerate(feature_ids):
-        for key in dict.fromkeys(_path_keys(fid)):
-            index[key] = row if index.get(key, row) == row else -1
-    for row, fid in enumerate(feature_ids):  # an exact id always wins over a shared tail
-        index[fid] = row
-    rows = np.full(len(labels), -1, np.int64)
-    for i, (movie_id, poster) in enumerate(zip(labels.ids, labels.posters)):
-        for key in [movie_id, *(_path_keys(poster) if poster else [])]:
-            if index.get(key, -1) >= 0:
-                rows[i] = index[key]
-                break
-    missing = [labels.ids[i] for i in np.flatnonzero(rows < 0)]
-    return rows, missing
-
-
-def joined(labels: LabelSet, feature_ids: list[str]) -> tuple[LabelSet, np.ndarray]:
-    """Keep the movies that have poster features; warn with the count and the first missing ids."""
-    rows, missing = join_features(labels, feature_ids)
-    if missing:
-        log.warning(
-            "%d of %d movies have no poster features and are skipped: %s",
-            len(missing), len(labels), _preview(missing),
-        )
-    keep = np.flatnonzero(rows >= 0)
-    if keep.size == 0:
-        raise UserError(
-            f"none of the {len(labels)} movies in {labels.source} joins the {len(feature_ids)} feature ids "
-            f"(movie ids look like {_preview(labels.ids, 3)}, feature ids like {_preview(list(feature_ids), 3)}); "
-            "extract features from the poster folder the label file points to"
-        )
-    return labels.subset(keep), rows[keep]

@@ -1,6 +1,6 @@
 """Multi-label metrics and per-genre decision thresholds.
 
-Conventions (those of scikit-learn with ``zero_division=0``): an F1 whose denominator is zero is 0.0,
+Scores come from :mod:`sklearn.metrics` with ``zero_division=0``: an F1 whose denominator is zero is 0.0,
 so no figure is ever NaN. Genres listed in ``exclude`` (no positive example in training) still show
 in the per-genre table but do not enter macro-F1.
 """
@@ -10,41 +10,43 @@ from __future__ import annotations
 import numpy as np
 
 
-def _safe(num: float, den: float) -> float:
-    return float(num / den) if den > 0 else 0.0
+def micro_f1(Y_true: np.ndarray, Y_pred: np.ndarray) -> float:
+    """Micro-averaged F1 of ``(n, G)`` 0/1 predictions (numpy, for the inner loops of rule tuning)."""
+    t = np.asarray(Y_true).astype(bool)
+    p = np.asarray(Y_pred).astype(bool)
+    tp = float((t & p).sum())
+    den = 2 * tp + float((t ^ p).sum())
+    return 2 * tp / den if den > 0 else 0.0
 
 
 def multilabel_report(
     Y_true: np.ndarray, Y_pred: np.ndarray, genres: list[str], exclude: list[str] | tuple[str, ...] = ()
 ) -> dict:
-    """Scores of ``(n, G)`` 0/1 predictions against ``(n, G)`` 0/1 truth.
+    """Scores of ``(n, G)`` 0/1 predictions against ``(n, G)`` 0/1 truth (``sklearn.metrics``).
 
     Returns micro_f1, macro_f1, samples_f1, subset_accuracy, hamming_loss, n, per_genre (list of dicts
     with genre, precision, recall, f1, support, predicted) and notes (strings).
     """
-    Y_true = np.asarray(Y_true).astype(bool)
-    Y_pred = np.asarray(Y_pred).astype(bool)
-    if Y_true.shape != Y_pred.shape or Y_true.shape[1] != len(genres):
+    from sklearn import metrics as skm
+
+    Y_true = np.asarray(Y_true).astype(np.uint8)
+    Y_pred = np.asarray(Y_pred).astype(np.uint8)
+    if Y_true.shape != Y_pred.shape or Y_true.ndim != 2 or Y_true.shape[1] != len(genres):
         raise ValueError(f"shapes {Y_true.shape} and {Y_pred.shape} do not match {len(genres)} genres")
     n = Y_true.shape[0]
-    tp = (Y_true & Y_pred).sum(axis=0).astype(np.float64)
-    fp = (~Y_true & Y_pred).sum(axis=0).astype(np.float64)
-    fn = (Y_true & ~Y_pred).sum(axis=0).astype(np.float64)
-    per = []
-    for j, g in enumerate(genres):
-        per.append({
-            "genre": g,
-            "precision": _safe(tp[j], tp[j] + fp[j]),
-            "recall": _safe(tp[j], tp[j] + fn[j]),
-            "f1": _safe(2 * tp[j], 2 * tp[j] + fp[j] + fn[j]),
-            "support": int(tp[j] + fn[j]),
-            "predicted": int(tp[j] + fp[j]),
-        })
+    empty = n == 0
+    if not empty:
+        precision, recall, f1, support = skm.precision_recall_fscore_support(Y_true, Y_pred, average=None, zero_division=0)
+    else:
+        precision = recall = f1 = support = np.zeros(len(genres))
+    predicted = Y_pred.sum(axis=0)
+    per = [
+        {"genre": g, "precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
+         "support": int(support[j]), "predicted": int(predicted[j])}
+        for j, g in enumerate(genres)
+    ]
     skip = set(exclude)
     macro_rows = [p["f1"] for p in per if p["genre"] not in skip]
-    inter = (Y_true & Y_pred).sum(axis=1)
-    sizes = Y_true.sum(axis=1) + Y_pred.sum(axis=1)
-    samples = np.divide(2.0 * inter, sizes, out=np.zeros(n), where=sizes > 0)
     notes = []
     if skip:
         notes.append(f"excluded from macro-F1 (no positive example in training): {', '.join(sorted(skip))}")
@@ -53,11 +55,11 @@ def multilabel_report(
         notes.append(f"no positive example in this split (F1 counts as 0): {', '.join(unsupported)}")
     return {
         "n": int(n),
-        "micro_f1": _safe(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum()),
+        "micro_f1": 0.0 if empty else float(skm.f1_score(Y_true, Y_pred, average="micro", zero_division=0)),
         "macro_f1": float(np.mean(macro_rows)) if macro_rows else 0.0,
-        "samples_f1": float(samples.mean()) if n else 0.0,
-        "subset_accuracy": float((Y_true == Y_pred).all(axis=1).mean()) if n else 0.0,
-        "hamming_loss": float((Y_true != Y_pred).mean()) if Y_true.size else 0.0,
+        "samples_f1": 0.0 if empty else float(skm.f1_score(Y_true, Y_pred, average="samples", zero_division=0)),
+        "subset_accuracy": 0.0 if empty else float(skm.accuracy_score(Y_true, Y_pred)),
+        "hamming_loss": 0.0 if empty else float(skm.hamming_loss(Y_true, Y_pred)),
         "per_genre": per,
         "notes": notes,
     }

@@ -2,7 +2,7 @@
 
 :func:`prepare` loads labels, joins them to the poster features and fixes the split once;
 :func:`fit` trains one model kind on it (BCE with logits, per-genre positive weights, early stopping on
-validation loss) and tunes per-genre thresholds on validation.
+validation loss) and chooses its decision rule on validation (:mod:`retrieval.genre.decision`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import numpy as np
 from extract.core.devices import resolve_device
 from extract.core.errors import UserError
 from retrieval.genre.config import GenreConfig
-from retrieval.genre.data import LabelSet, joined, read_label_set
+from retrieval.genre.data import read_label_set
+from retrieval.genre.decision import choose_rule
 from retrieval.genre.inputs import TextInput
-from retrieval.genre.metrics import apply_thresholds, multilabel_report, tune_thresholds
+from retrieval.genre.join import joined
+from retrieval.genre.labels import LabelSet
+from retrieval.genre.metrics import micro_f1, multilabel_report
 from retrieval.genre.split import (
     SPLIT_NAMES,
     codes_from_names,
@@ -55,9 +58,14 @@ def prepare(
     test_fraction: float = 0.1,
     genre_ids_path: str | None = None,
     allow_pickle: bool = False,
+    id_column: str | None = None,
+    genres_column: str | None = None,
 ) -> Prepared:
-    """Load labels (and poster features, joined by id), and split seeded and stratified unless the file has a split column."""
-    labels = read_label_set(labels_path, text_field, genres, genre_ids_path, allow_pickle)
+    """Load labels (and poster features, joined by id), and split seeded and stratified unless the file has a split column.
+
+    Without ``features_path`` the dataset is text only (every movie is kept, whether or not it has a poster).
+    """
+    labels = read_label_set(labels_path, text_field, genres, genre_ids_path, allow_pickle, id_column, genres_column)
     poster, info = None, None
     if features_path is not None:
         from extract.store import open_features
@@ -76,35 +84,61 @@ def prepare(
     counts = {s: int((codes == k).sum()) for k, s in enumerate(SPLIT_NAMES)}
     log.info("%d movies, %d genres; split %s", len(labels), len(labels.genres), counts)
     if counts["train"] == 0:
-        raise UserError(f"{labels.source}: the split leaves no training movies ({counts}); use more movies")
+        raise UserError(f"{labels.source}: the split leaves no training movies ({counts}); use more movies or smaller "
+                        "--val-fraction/--test-fraction")
     train_pos = labels.Y[codes == 0].sum(axis=0)
     missing = [g for g, c in zip(labels.genres, train_pos) if c == 0]
     if missing:
         log.warning(
-            "%d genres have no positive example in training; their threshold stays 0.5 and they are left out of "
-            "macro-F1: %s", len(missing), ", ".join(missing),
+            "%d genres have no positive example in training; their threshold is the global one and they are left out "
+            "of macro-F1: %s", len(missing), ", ".join(missing),
         )
     return Prepared(labels, poster, codes, info, missing)
 
 
+def prepare_for(cfg: GenreConfig, labels_path, features_path=None, genre_ids: str | None = None,
+                allow_pickle: bool = False, seed: int | None = None) -> Prepared:
+    """:func:`prepare` with the label columns and split fractions of ``cfg`` (and its seed unless ``seed``)."""
+    return prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed if seed is None else seed,
+                   val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, genre_ids_path=genre_ids,
+                   allow_pickle=allow_pickle, id_column=cfg.id_column, genres_column=cfg.genres_column)
+
+
 def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndarray:
-    """Per-genre positive weights ``(G,) float32``: ``auto`` = negatives/positives capped at ``cap``."""
+    """Per-genre positive weights ``(G,) float32``: ``auto`` = negatives/positives, ``sqrt`` = its square root
+    (both capped at ``cap``, never below 1), ``none`` = 1, or one number for every genre.
+
+    ``auto`` makes a rare genre's positives weigh as much as its negatives, which pushes every probability up
+    (a model that predicts most genres for every movie); the default ``none`` keeps probabilities calibrated and
+    leaves the imbalance to the decision rule chosen on validation.
+    """
     g = Y.shape[1]
     if mode == "none":
         return np.ones(g, np.float32)
-    if mode != "auto":
+    if mode not in ("auto", "sqrt"):
         return np.full(g, float(mode), np.float32)
     pos = Y.sum(axis=0).astype(np.float64)
-    neg = Y.shape[0] - pos
-    return np.where(pos > 0, np.clip(neg / np.maximum(pos, 1), 1.0, cap), 1.0).astype(np.float32)
+    ratio = (Y.shape[0] - pos) / np.maximum(pos, 1)
+    if mode == "sqrt":
+        ratio = np.sqrt(ratio)
+    return np.where(pos > 0, np.clip(ratio, 1.0, cap), 1.0).astype(np.float32)
 
 
-def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, quiet: bool = True):
+def text_inputs(prep: Prepared, cfg: GenreConfig, progress: bool = False) -> tuple[TextInput, np.ndarray]:
+    """The overview descriptor of ``cfg`` fitted on the training movies and every movie's ``(n, d) float32`` input."""
+    descriptor = TextInput(cfg.descriptor, cfg.descriptor_path, cfg.text_cache, progress=progress)
+    descriptor.fit([prep.labels.texts[i] for i in prep.rows("train")])
+    return descriptor, descriptor.transform(prep.labels.texts)
+
+
+def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, quiet: bool = True,
+        text: tuple[TextInput, np.ndarray] | None = None):
     """Train ``cfg.model`` on ``prep``; return a :class:`retrieval.genre.checkpoint.GenreClassifier`.
 
     The epoch with the lowest validation loss is kept (training stops after ``cfg.patience`` epochs
-    without improvement). ``writer`` is an optional tensorboardX SummaryWriter (train/val loss, val
-    micro-F1 with thresholds tuned on val, per epoch).
+    without improvement); then the decision rule is chosen on validation. ``writer`` is an optional
+    tensorboardX SummaryWriter (train/val loss, val micro-F1 at the 0.5 threshold, per epoch). ``text`` is
+    a fitted descriptor and its inputs from :func:`text_inputs` (computed here when not given).
     """
     import torch
     from tqdm import tqdm
@@ -119,11 +153,11 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     uses_text = cfg.model != "poster"
     if cfg.model != "text" and prep.poster is None:
         raise UserError(f"--model {cfg.model} needs poster features; pass --features FILE.h5")
-    descriptor, text = None, None
+    descriptor = None
     if uses_text:
-        descriptor = TextInput(cfg.descriptor, cfg.descriptor_path, cfg.text_cache)
-        descriptor.fit([labels.texts[i] for i in train])
-        text = descriptor.transform(labels.texts)
+        descriptor, text = text if text is not None else text_inputs(prep, cfg, progress=not quiet)
+    else:
+        text = None
     scale_text = descriptor is not None and descriptor.standardize
     d_p = prep.poster.shape[1] if prep.poster is not None and cfg.model != "text" else 0
     d_t = text.shape[1] if text is not None else 0
@@ -158,9 +192,7 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
         if len(val):
             logits = predict_logits(net, batches, val)
             record["val_loss"] = float(loss_fn(logits, Y[val]))
-            probs = torch.sigmoid(logits).cpu().numpy()
-            th = tune_thresholds(probs, labels.Y[val], skip=skip)
-            record["val_micro_f1"] = multilabel_report(labels.Y[val], apply_thresholds(probs, th), labels.genres)["micro_f1"]
+            record["val_micro_f1"] = micro_f1(labels.Y[val], (logits >= 0).cpu().numpy())
         history.append(record)
         if writer is not None:
             for k, v in record.items():
@@ -176,16 +208,22 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     if best_state is None:
         raise UserError(f"genre training of {cfg.model} never produced a finite loss (diverged); lower --lr")
     net.load_state_dict(best_state)
-    thresholds = np.full(len(labels.genres), 0.5, np.float32)
     if len(val):
-        thresholds = tune_thresholds(predict_proba(net, batches, val), labels.Y[val], skip=skip)
+        decision = choose_rule(predict_proba(net, batches, val), labels.Y[val], cfg.min_support, seed=cfg.seed, skip=skip)
+    else:
+        from retrieval.genre.decision import DecisionRule
+
+        log.warning("no validation movies: the decision rule is a 0.5 threshold; pass --val-fraction to tune it")
+        decision = DecisionRule("global", np.full(len(labels.genres), 0.5, np.float32))
     seconds = time.perf_counter() - t0
-    log.info("%s: best epoch %d of %d (validation loss %.4f), %.1fs", cfg.model, best_epoch, len(history), -best, seconds)
+    log.info("%s: best epoch %d of %d (validation loss %.4f), %.1fs; decision rule %s", cfg.model, best_epoch,
+             len(history), -best, seconds, decision.describe())
     split_ids = {s: [labels.ids[i] for i in prep.rows(s)] for s in ("val", "test")}
     return GenreClassifier(
-        net=net.cpu(), cfg=cfg, genres=list(labels.genres), thresholds=thresholds, descriptor=descriptor,
+        net=net.cpu(), cfg=cfg, genres=list(labels.genres), thresholds=decision.thresholds, descriptor=descriptor,
         features=prep.features, no_train_positive=list(prep.no_train_positive), split_ids=split_ids,
         history=history, train_seconds=seconds, dims={"poster": d_p, "text": d_t}, labels_path=labels.source,
+        decision=decision,
     )
 
 
@@ -201,8 +239,7 @@ def train_and_save(
     genre_ids: str | None = None,
 ) -> str:
     """Prepare, train, save the checkpoint to ``out``; return a short summary with the validation and test scores."""
-    prep = prepare(labels_path, features_path, cfg.text_field, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                   test_fraction=cfg.test_fraction, genre_ids_path=genre_ids, allow_pickle=allow_pickle)
+    prep = prepare_for(cfg, labels_path, features_path, genre_ids, allow_pickle)
     writer = None
     if logdir:
         from tensorboardX import SummaryWriter
@@ -214,7 +251,8 @@ def train_and_save(
         if writer is not None:
             writer.close()
     clf.save(out)
-    lines = [f"saved {out}: {cfg.model} model, {len(clf.genres)} genres, {len(clf.history)} epochs, {clf.train_seconds:.1f}s"]
+    lines = [f"saved {out}: {cfg.model} model, {len(clf.genres)} genres, {len(clf.history)} epochs, {clf.train_seconds:.1f}s",
+             f"decision rule: {clf.decision.describe()}"]
     for split in ("val", "test"):
         rows = prep.rows(split)
         if len(rows):
