@@ -72,7 +72,7 @@ def build_collection(root: Path, genres: bool = True) -> dict:
             labels, feats, _ = write_movies(root, n=300)
             ckpt = root / "genre-text.pt"
             r = CliRunner().invoke(cli, ["genres", "train", "--labels", str(labels), "--features", str(feats), "--model",
-                                         "text", "--out", str(ckpt), "--quiet", "--epochs", "15", "--hidden", "32",
+                                         "text", "--out", str(ckpt), "--quiet", "--epochs", "60", "--hidden", "32",
                                          "--batch-size", "128", "--lr", "3e-3"])
             assert r.exit_code == 0, r.output
             out["genres"] = ckpt
