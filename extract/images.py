@@ -195,17 +195,21 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
         entries = _read_list(src)
         if not entries:
             raise UserError(f"{src} lists no images; put one image path per line or use a COCO JSON")
-    ids, seen, dups = [], set(), 0
-    for entry in entries:
-        i = _to_id(entry, base)
+    return unique_image_list(base, (_to_id(entry, base) for entry in entries), src)
+
+
+def unique_image_list(base: Path, ids, src) -> ImageList:
+    """An :class:`ImageList` of ``ids`` in order, duplicates dropped, counted and logged."""
+    out, seen, dups = [], set(), 0
+    for i in ids:
         if i in seen:
             dups += 1
             continue
         seen.add(i)
-        ids.append(i)
+        out.append(i)
     if dups:
         log.warning("%d duplicate image paths in %s were dropped", dups, src)
-    return ImageList(base, ids, dups, str(src))
+    return ImageList(base, out, dups, str(src))
 
 
 def _read_list(src: Path) -> list[str]:

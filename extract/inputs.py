@@ -15,7 +15,7 @@ import posixpath
 from pathlib import Path
 
 from extract.core.errors import UserError
-from extract.images import ImageList, list_images
+from extract.images import ImageList, list_images, unique_image_list
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,14 @@ def _list_table(src: Path, base: Path) -> ImageList:
     entries = _read_column(src)
     if not entries:
         raise UserError(f"{src} lists no images; put one image path per row in its path column")
-    ids, seen, dups = [], set(), 0
     abs_base = os.path.abspath(base)
-    for entry in entries:
+
+    def to_id(entry: str) -> str:
         # a plain relative POSIX path is its own id (normalised); only the others pay for abspath/relpath
         i = posixpath.normpath(entry) if not (entry.startswith(("/", "..")) or "\\" in entry) else None
         if i is None or i.startswith(".."):
             full = entry if os.path.isabs(entry) else os.path.join(abs_base, entry)
             i = Path(os.path.relpath(os.path.abspath(full), abs_base)).as_posix()
-        if i in seen:
-            dups += 1
-            continue
-        seen.add(i)
-        ids.append(i)
-    if dups:
-        log.warning("%d duplicate image paths in %s were dropped", dups, src)
-    return ImageList(base, ids, dups, str(src))
+        return i
+
+    return unique_image_list(base, map(to_id, entries), src)
