@@ -193,11 +193,8 @@ class Engine:
     # ---- facts ---------------------------------------------------------------------------------
     def info(self) -> dict:
         """Index kind, N, d, the loaded models and their fingerprints, and what disagrees (staleness)."""
-        stale = []
         feats = self.searcher.features
-        index_file = Path(self.searcher.loaded.path) / "index.faiss"
-        if index_file.exists() and Path(feats.path).stat().st_mtime > index_file.stat().st_mtime:
-            stale.append(f"feature file {feats.path} is newer than the index; rebuild it with `cli.py index build`")
+        stale = [self.searcher.stale] if self.searcher.stale else []  # the index layer's own staleness check
         text_fp = self.artifacts.get("text_model", {}).get("features_fingerprint")
         if text_fp and text_fp != feats.fingerprint:
             stale.append(f"the text model was trained on features {text_fp}, the index holds {feats.fingerprint}")
