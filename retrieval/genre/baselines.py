@@ -30,18 +30,15 @@ def word_features(texts_train: list[str], texts_test: list[str], kind: str = "bo
 
     ``bow``: unigram counts; ``tfidf``: l2-normalised tf-idf of unigrams and bigrams with sublinear tf.
     """
-    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-
-    from retrieval.text import tokenize
+    from retrieval.tfidf import make_vectorizer
 
     if kind not in WORD_FEATURES:
         raise ValueError(f"unknown word features {kind!r}; use one of {WORD_FEATURES}")
-    common = {"tokenizer": tokenize, "lowercase": False, "token_pattern": None, "max_features": max_features,
-              "dtype": np.float32}
     if kind == "bow":
-        vec = CountVectorizer(**common)
+        vec = make_vectorizer(False, max_features=max_features)
     else:
-        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(texts_train) >= 50 else 1, sublinear_tf=True, **common)
+        vec = make_vectorizer(False, 2, tfidf=True, min_df=2 if len(texts_train) >= 50 else 1, sublinear_tf=True,
+                              max_features=max_features)
     x_train = vec.fit_transform(texts_train)
     return x_train, vec.transform(texts_test)
 
