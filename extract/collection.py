@@ -8,6 +8,7 @@ The checks here need no model, so a run with nothing to do never loads one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,20 @@ def source_stat(path: str | os.PathLike) -> SourceStat:
         return int(st.st_size), int(st.st_mtime_ns), sha256_file(path)
     except OSError:
         return NO_SOURCE
+
+
+def read_source(path: str | os.PathLike) -> tuple[bytes | None, SourceStat]:
+    """A source image's bytes (read once, for hashing and decoding both) and its ``(size, mtime_ns, sha256)``.
+
+    ``(None, (-1, -1, ""))`` when it cannot be read; the decoder then names the fault from the path.
+    """
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None, NO_SOURCE
+    return data, (len(data), int(st.st_mtime_ns), hashlib.sha256(data).hexdigest())
 
 
 @dataclass

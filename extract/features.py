@@ -32,7 +32,7 @@ from extract.collection import (
     check_options,
     check_root,
     plan_run,
-    source_stat,
+    read_source,
 )
 from extract.core.errors import UserError
 from extract.core.files import ensure_writable
@@ -111,8 +111,8 @@ class _ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        source = source_stat(self.paths[i])  # size, mtime, sha256 of the bytes decoded next
-        arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder)
+        data, source = read_source(self.paths[i])  # one read: the bytes hashed are the bytes decoded
+        arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder, data)
         return i, (None if arr is None else torch.from_numpy(arr)), reason, source
 
 

@@ -13,6 +13,7 @@ recorded with every feature file; :mod:`extract.backbone` takes them from the we
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -236,26 +237,27 @@ def _to_id(entry: str, base: Path) -> str:
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
-               library: str = "pil") -> tuple[Image.Image | None, str | None]:
+               library: str = "pil", data: bytes | None = None) -> tuple[Image.Image | None, str | None]:
     """Decode ``path`` to an upright 8-bit RGB image; return ``(image, None)`` or ``(None, reason)``.
 
     Transparency is composited on white, 16-bit data is scaled (not clipped) to 8 bits, EXIF
     orientation is applied, and images above ``max_pixels`` are refused before decoding.
     ``draft_size`` lets JPEG decoding downscale in the DCT domain while the shorter side stays at least
     that large; ``library`` is a :class:`Decoder` library (``simplejpeg`` for RGB/grayscale JPEGs).
+    ``data``: the file's bytes when the caller has already read them (decoded from memory, not read again).
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             return None, "empty file (0 bytes)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     return None, f"too many pixels ({w}x{h} = {w * h} > limit {max_pixels}; possible decompression bomb)"
                 if im.format == "JPEG" and library == "simplejpeg" and im.mode in ("RGB", "L"):
-                    out = _simplejpeg(path, im, draft_size)
+                    out = _simplejpeg(data if data is not None else path.read_bytes(), im, draft_size)
                     if out is not None:
                         return out, None
                 if draft_size and im.format == "JPEG":
@@ -274,7 +276,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, dr
         return None, f"corrupt or truncated image data: {exc}"
 
 
-def _simplejpeg(path: Path, header: Image.Image, draft_size: int | None) -> Image.Image | None:
+def _simplejpeg(data: bytes, header: Image.Image, draft_size: int | None) -> Image.Image | None:
     """libjpeg-turbo decode, made upright; None on bad data.
 
     The DCT scale is 1/2, 1/4 or 1/8, the smallest that keeps the shorter side >= ``draft_size``, as
@@ -283,7 +285,6 @@ def _simplejpeg(path: Path, header: Image.Image, draft_size: int | None) -> Imag
     """
     import simplejpeg
 
-    data = path.read_bytes()
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
         scale = next((s for s in (8, 4, 2) if draft_size and min(h, w) // s >= draft_size), 1)  # as Pillow's draft
@@ -317,17 +318,17 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def prepare_image(path: str | os.PathLike, preprocessing: Preprocessing | int,
                   max_pixels: int = DEFAULT_MAX_PIXELS,
-                  decoder: Decoder | None = None) -> tuple[np.ndarray | None, str | None]:
+                  decoder: Decoder | None = None, data: bytes | None = None) -> tuple[np.ndarray | None, str | None]:
     """Decode and preprocess one image: ``(crop, crop, 3) uint8`` or ``(None, reason)``.
 
     ``preprocessing`` is a :class:`Preprocessing` or an int ``S`` (shorter side to ``S``, centre crop
     ``S`` x ``S``, bilinear); ``decoder`` defaults to Pillow with JPEG DCT scaling. The resize and the
     crop are one resample of the centred square of side ``shorter * crop / resize``, so a DCT-scaled
-    decode lands on the same geometry as a full-size one.
+    decode lands on the same geometry as a full-size one. ``data``: the file's bytes, if already read.
     """
     pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.square(int(preprocessing))
     dec = decoder or Decoder()
-    im, reason = load_image(path, max_pixels, pre.resize if dec.jpeg_scaling else None, dec.library)
+    im, reason = load_image(path, max_pixels, pre.resize if dec.jpeg_scaling else None, dec.library, data)
     if im is None:
         return None, reason
     w, h = im.size
