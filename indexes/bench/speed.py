@@ -19,7 +19,7 @@ import numpy as np
 
 from extract.core.errors import UserError
 from indexes import exact
-from indexes.bench.synthetic import SyntheticFeatures
+from indexes.bench.synthetic import SyntheticFeatures, lower_priority
 from indexes.build import (
     IndexConfig,
     build_index,
@@ -202,13 +202,14 @@ def _in_child(fn, *args):
     return result, rss
 
 
-def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet) -> dict:
+def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet, cache_dir) -> dict:
     from indexes.build import n_lists
     from indexes.choose import estimate_bytes
 
-    src = SyntheticFeatures(n, d, seed)
+    src = SyntheticFeatures(n, d, seed, cache_dir=cache_dir)
     xq = normalize_rows(src.queries(nq))
-    _, gt, exact_s = exact_knn(src, xq, 10)
+    with lower_priority():
+        _, gt, exact_s = exact_knn(src, xq, 10)
     factory = "auto" if kind == "auto" else kind.format(nlist=n_lists(n))
     log.info("scaling: %s on %d x %d", factory, n, d)
     row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet, memory_budget, max_query_ms)
@@ -220,13 +221,16 @@ def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_qu
 
 def scaling_benchmark(sizes: Sequence[int], d: int, nq: int = 200, seed: int = 0, target: float = 0.95,
                       memory_budget: int = 2 << 30, train_size: int = 65536, kind: str = "auto",
-                      max_query_ms: float | None = None, quiet: bool = True) -> list[dict]:
+                      max_query_ms: float | None = None, quiet: bool = True,
+                      cache_dir: str | os.PathLike | None = None) -> list[dict]:
     """For each N (each in its own process, for its peak RSS): the ``auto`` index under ``memory_budget`` and
     ``max_query_ms``, or ``kind``, a factory string where ``{nlist}`` stands for the guideline's list count.
-    Recall is on fresh queries (not stored vectors) against exact search."""
+    Recall is on fresh queries (not stored vectors) against exact search. With ``cache_dir`` the vectors
+    are generated once into a ``.npy`` file there and read back as a feature file is (reads count as build time)."""
     rows = []
     for n in sizes:
-        row, rss = _in_child(_scaling_row, n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet)
+        row, rss = _in_child(_scaling_row, n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet,
+                             cache_dir)
         row["peak_rss_mib"] = round(rss, 1)
         rows.append(row)
     return rows
