@@ -155,7 +155,7 @@ def _compared(ff, config: IndexConfig, id_bytes: int) -> tuple[str | None, list 
         return None, None
     from indexes.compare import compare_candidates
 
-    return compare_candidates(ff, config, int(config.memory_budget * INDEX_SHARE), id_bytes)
+    return compare_candidates(ff, config, int(config.memory_budget * INDEX_SHARE), id_bytes, make_index)
 
 
 def build_index(

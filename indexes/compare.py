@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 from extract.core.arrays import normalize_rows
-from indexes.build import make_index
 from indexes.calibrate import Calibration
 from indexes.choose import REFINE_CANDIDATES, estimate_query_ms, fitting, n_lists
 from indexes.fill import sample_rows, train_rows
@@ -57,10 +56,18 @@ def _time_scale(factory: str, n_small: int, n: int, d: int, k_lists: int):
     return scale
 
 
-def compare_candidates(ff, config, index_budget: int, id_bytes: int = 0) -> tuple[str, list[dict]]:
+def compare_candidates(ff, config, index_budget: int, id_bytes: int = 0, make_index=None) -> tuple[str, list[dict]]:
     """``(factory, results)``: the chosen kind for ``ff`` under ``config.max_query_ms``, and one result per
-    compared candidate (``factory``, ``bytes``, ``recall``, ``query_ms``, ``parameter``, ...), as measured."""
+    compared candidate (``factory``, ``bytes``, ``recall``, ``query_ms``, ``parameter``, ...), as measured.
+    ``make_index(factory, d, metric)`` makes an empty index (default: the builder's, as :mod:`indexes.build`
+    passes it; this module sits below the builder)."""
     import faiss
+
+    if make_index is None:
+        def make_index(factory, d, metric):
+            from indexes.exact import faiss_metric
+
+            return faiss.index_factory(d, factory, faiss_metric(metric))
 
     n, d = len(ff), ff.dim
     m = min(config.train_size, train_rows(d, config))
