@@ -4,9 +4,11 @@ Row ``i`` of the index is row ``i`` of the feature file's ``ids``. Features are 
 to the index block by block, so memory holds the index plus one block (and the training sample), never
 a second full copy of the features.
 
-``factory="auto"`` picks a kind under a memory budget and a latency budget (:mod:`indexes.choose`). Of the
-budget, 60% goes to the index and the rest to the training sample (25%) and the feature blocks being
-added (10%), so a build over a feature file bigger than memory stays within ``memory_budget``.
+``factory="auto"`` picks a kind under a memory budget and a latency budget (:mod:`indexes.choose`; with a
+latency budget the best few candidates are built and measured, :mod:`indexes.compare`). Of the budget, 60%
+goes to the index and the ids a searching collection holds (packed, :mod:`extract.core.ids`), the rest to
+the training sample (25%) and the feature blocks being added (10%), so a build over a feature file bigger
+than memory stays within ``memory_budget``.
 
 Approximate indexes are calibrated on held-out queries: stored vectors searched with their own row left
 out of both the exact and the approximate answer (the question a fresh query asks), and the smallest

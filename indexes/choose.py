@@ -4,7 +4,8 @@ Memory counts everything a loaded index holds (faiss's own layout, checked again
 tests): the codes, 8 bytes of id per vector in IVF lists, the coarse quantizer (``K * d' * 4`` bytes, plus
 its HNSW graph), the PCA/OPQ matrices (PCA keeps the full ``d x d`` eigenvectors too), the PQ/SQ codebooks, an HNSW graph (about ``2 * M * 4 * 1.05``
 bytes per vector, levels and offsets included), a re-ranking stage's vectors, and a direct map (8 bytes
-per vector) where one is made.
+per vector) where one is made. The budget also holds the feature ids a searching collection keeps
+(:func:`ids_bytes`: packed, their UTF-8 bytes plus 5 bytes each).
 
 Candidates, best recall first (``K`` IVF lists, ``r`` the reduced dimension):
 
@@ -17,8 +18,9 @@ Candidates, best recall first (``K`` IVF lists, ``r`` the reduced dimension):
 6. ``OPQ{m}_{r},IVF{K},PQ{m}`` down to 8 bytes per vector.
 
 The estimated query time of each (see :func:`estimate_query_ms`) is a scan-cost model with
-single-core throughputs measured on one x86 core; it ranks candidates against ``--max-query-ms`` before
-anything is built, and the build then measures the real figure on held-out queries.
+single-core throughputs measured on one x86 core; it shortlists candidates against ``--max-query-ms``,
+the build then measures the shortlist on held-out queries (:mod:`indexes.compare`) and the winner on the
+whole set.
 """
 
 from __future__ import annotations
