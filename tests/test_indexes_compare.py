@@ -97,3 +97,20 @@ def test_id_memory_estimate_matches_what_loading_holds(tmp_path):
     as_list = sum(len(i) + 49 + 8 for i in ids)  # a str object plus the list's pointer
     assert held < 0.6 * as_list
     assert abs(ids_bytes(ArrayFeatures(np.zeros((n, 4), np.float32), ids)) - ff.ids.nbytes) <= 0.02 * ff.ids.nbytes
+
+
+def test_index_build_prints_the_candidates_and_a_second_build_keeps_the_measured_choice(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import cli
+    from indexes import build
+
+    monkeypatch.setattr(build, "FLAT_MAX_N", 1000)
+    path = tmp_path / "f.h5"
+    write_features(path, [f"{i}.jpg" for i in range(3000)], clustered(3000, 32, seed=6), {"model": "resnet18"})
+    args = ["index", "build", str(path), str(tmp_path / "ix"), "--max-query-ms", "1000", "--train-size", "1000", "-q"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "candidates compared on 1000 rows" in first.output and first.output.count(" MiB, recall@10 ") == 3
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "up to date" in again.output, again.output

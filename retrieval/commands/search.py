@@ -60,7 +60,13 @@ def format_build(out_dir, meta: dict) -> str:
         return (f"{out_dir}: added {meta['n'] - upd['rows_before']} new rows to the existing index "
                 f"({upd['rows_before']} -> {meta['n']}) in {meta.get('add_seconds', 0):.1f} s; {what}")
     head = f"rebuilt ({upd['reason']})" if action == "rebuilt" else "built"
-    return f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
+    line = f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
+    compared = meta.get("candidates") or []
+    if compared:
+        line += f"\ncandidates compared on {compared[0]['rows']} rows (query times projected to {meta['n']}):"
+        line += "".join(f"\n  {'*' if c['chosen'] else ' '} {c['factory']}: {c['bytes'] / 2**20:,.0f} MiB, recall@10 "
+                        f"{c['recall']:.3f} at {c['parameter']}, {c['query_ms']:.2f} ms" for c in compared)
+    return line
 
 
 @index.command("info")
