@@ -18,6 +18,7 @@ class ServeConfig:
     ``model`` (text queries) and ``genres`` are optional; ``image_queries`` is ``None`` for "when the
     feature file records a backbone that loads", ``True`` to require it, ``False`` to turn uploads off.
     ``token`` is the bearer token every ``/api`` route then asks for (``None``: no token).
+    ``query_threads`` answer the queries (encoding, index search); ``None``: its CPUs + 4, at most 32.
     """
 
     index_dir: str
@@ -35,6 +36,7 @@ class ServeConfig:
     max_offset: int = 1000
     max_terms: int = 8
     max_batch: int = 64
+    query_threads: int | None = None
     thumb_cache_bytes: int = 64 * MB
     thumb_sizes: tuple[int, int] = field(default=(16, 1024))
 

@@ -278,6 +278,8 @@ class Engine:
 
     def search(self, xq: np.ndarray, k: int = 10, offset: int = 0, min_score: float | None = None) -> list[Match]:
         """Ranks ``offset+1 .. offset+k`` for one query vector ``(d,) float32``, scores >= ``min_score``."""
+        import faiss
+
         from extract.core.arrays import normalize_rows
         from indexes.search import search
 
@@ -291,6 +293,9 @@ class Engine:
         want = min(k + offset, self.searcher.index.ntotal)
         if want <= offset:
             return []
+        # OpenMP's thread count is per thread: the one set at load time holds only on the thread that loaded,
+        # and a request thread would otherwise start (and spin) a team of its own for a one-query search
+        faiss.omp_set_num_threads(1)
         D, I = search(self.searcher.index, xq, want)
         out = []
         for rank, (score, row) in enumerate(zip(D[0], I[0]), 1):
