@@ -107,14 +107,16 @@ def _paired(engine, port: int, pid: int, requests: list[tuple[str, str]], rounds
 
     out = {kind: {"wall": [], "cpu": [], "http_wall": [], "http_cpu": [], "answer": []} for kind in ("text", "id")}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    ranked: dict[str, list] = {"bare": [], "http": []}  # the ids answered, to check both ways agree
 
     def bare(chunk):
         for kind, value in chunk:
             body = SearchBody(q=value, k=10) if kind == "text" else SearchBody(id=value, k=10)
             c0, t0 = time.process_time_ns(), time.perf_counter()
-            search(engine, body)
+            doc, _ = search(engine, body)
             out[kind]["wall"].append(time.perf_counter() - t0)
             out[kind]["cpu"].append((time.process_time_ns() - c0) / 1e9)
+            ranked["bare"].append([h["id"] for h in doc["results"]])
 
     def over_http(chunk):
         for kind, value in chunk:
@@ -130,11 +132,13 @@ def _paired(engine, port: int, pid: int, requests: list[tuple[str, str]], rounds
                 raise UserError(f"GET {path} answered {response.status}: {data[:300]!r}")
             out[kind]["http_wall"].append(wall)
             out[kind]["http_cpu"].append(cpu)
-            out[kind]["answer"].append(json.loads(data)["timings"]["total"] / 1000)
+            doc = json.loads(data)
+            out[kind]["answer"].append(doc["timings"]["total"] / 1000)
+            ranked["http"].append([h["id"] for h in doc["results"]])
 
     try:
         over_http(requests[:20])  # warm the connection and the server's threads
-        for lists in out.values():
+        for lists in (*out.values(), ranked):
             for v in lists.values():
                 v.clear()
         step = max(1, -(-len(requests) // rounds))
@@ -144,6 +148,7 @@ def _paired(engine, port: int, pid: int, requests: list[tuple[str, str]], rounds
                 part(chunk)
     finally:
         conn.close()
+    out["disagree"] = sum(a != b for a, b in zip(ranked["bare"], ranked["http"]))
     return out
 
 
@@ -257,6 +262,7 @@ def run(index_dir: str, model: str, texts: Sequence[str] = DEFAULT_QUERIES, clie
         },
         "rss_mib": {"before": rss_before, "after": rss_after, "growth_pct": 100 * (rss_after - rss_before) / rss_before},
     }
+    report["disagree"] = paired.pop("disagree")
     for kind, d in paired.items():
         if not d["wall"]:
             continue
@@ -295,6 +301,7 @@ def format_report(r: dict) -> str:
     lines.append(f"  throughput {ld['throughput_rps']:.0f} req/s over {ld['wall_s']:.1f} s; errors {sum(ld['errors'].values())}"
                  f"{' ' + str(ld['errors']) if ld['errors'] else ''}; unsent {ld['unsent']}"
                  f"{' (time limit reached)' if ld['timed_out'] else ''}")
+    lines.append(f"  answers differing between in-process and HTTP: {r['disagree']}")
     rss = r["rss_mib"]
     lines.append(f"  server RSS {rss['before']:.0f} MiB -> {rss['after']:.0f} MiB ({rss['growth_pct']:+.1f} %)")
     return "\n".join(lines)
