@@ -22,4 +22,5 @@ def test_load_test_answers_everything_the_same_in_process_and_over_http(tmp_path
         for part in ("in_process", "http"):
             assert math.isfinite(r[kind][part]["p50_ms"]) and r[kind][part]["cpu_p50_ms"] > 0
         assert math.isfinite(r[kind]["overhead_ms"]["in_server"])
-    assert r["server"]["event_loop"] and "overhead" in format_report(r)
+    assert math.isfinite(r["healthz_round_trip_ms"]["p50"]) and r["server"]["event_loop"]
+    assert "overhead" in format_report(r)

@@ -10,7 +10,8 @@ this process holds a warm :class:`Engine` of its own for the bare call. Then:
    CPU time (this process for the bare call; every thread of the server process, from
    ``/proc/PID/task/*/schedstat``, for HTTP) and the server's own answer time (``timings.total``).
    ``overhead`` is the HTTP p50 minus the in-process p50; ``in_server`` is HTTP wall minus the server's
-   answer time for the same request (the HTTP, routing, JSON and thread hand-off cost, client included).
+   answer time for the same request (the HTTP, routing, JSON and thread hand-off cost, client included),
+   and a ``GET /healthz`` after each query gives the round trip of a request with no query work at all.
    CPU time is what a busy machine's scheduling does not inflate; wall time is, so the load average is
    reported with the figures;
 2. the load (after a short concurrent warm-up): ``clients`` concurrent httpx clients (in this process)
@@ -108,6 +109,7 @@ def _paired(engine, port: int, pid: int, requests: list[tuple[str, str]], rounds
     out = {kind: {"wall": [], "cpu": [], "http_wall": [], "http_cpu": [], "answer": []} for kind in ("text", "id")}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     ranked: dict[str, list] = {"bare": [], "http": []}  # the ids answered, to check both ways agree
+    floor: list[float] = []  # GET /healthz round trips: HTTP with no query work, the part no server can remove
 
     def bare(chunk):
         for kind, value in chunk:
@@ -135,12 +137,17 @@ def _paired(engine, port: int, pid: int, requests: list[tuple[str, str]], rounds
             doc = json.loads(data)
             out[kind]["answer"].append(doc["timings"]["total"] / 1000)
             ranked["http"].append([h["id"] for h in doc["results"]])
+            t0 = time.perf_counter()
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            floor.append(time.perf_counter() - t0)
 
     try:
         over_http(requests[:20])  # warm the connection and the server's threads
         for lists in (*out.values(), ranked):
             for v in lists.values():
                 v.clear()
+        floor.clear()
         step = max(1, -(-len(requests) // rounds))
         for r, i in enumerate(range(0, len(requests), step)):
             chunk = requests[i:i + step]
@@ -149,6 +156,7 @@ def _paired(engine, port: int, pid: int, requests: list[tuple[str, str]], rounds
     finally:
         conn.close()
     out["disagree"] = sum(a != b for a, b in zip(ranked["bare"], ranked["http"]))
+    out["healthz"] = floor
     return out
 
 
@@ -263,6 +271,8 @@ def run(index_dir: str, model: str, texts: Sequence[str] = DEFAULT_QUERIES, clie
         "rss_mib": {"before": rss_before, "after": rss_after, "growth_pct": 100 * (rss_after - rss_before) / rss_before},
     }
     report["disagree"] = paired.pop("disagree")
+    healthz = paired.pop("healthz")
+    report["healthz_round_trip_ms"] = {"p50": _pct(healthz, 50), "p99": _pct(healthz, 99)}
     for kind, d in paired.items():
         if not d["wall"]:
             continue
@@ -301,7 +311,9 @@ def format_report(r: dict) -> str:
     lines.append(f"  throughput {ld['throughput_rps']:.0f} req/s over {ld['wall_s']:.1f} s; errors {sum(ld['errors'].values())}"
                  f"{' ' + str(ld['errors']) if ld['errors'] else ''}; unsent {ld['unsent']}"
                  f"{' (time limit reached)' if ld['timed_out'] else ''}")
-    lines.append(f"  answers differing between in-process and HTTP: {r['disagree']}")
+    hz = r["healthz_round_trip_ms"]
+    lines.append(f"  GET /healthz round trip (HTTP with no query work), p50 {hz['p50']:.2f} ms, p99 {hz['p99']:.2f} ms; "
+                 f"answers differing between in-process and HTTP: {r['disagree']}")
     rss = r["rss_mib"]
     lines.append(f"  server RSS {rss['before']:.0f} MiB -> {rss['after']:.0f} MiB ({rss['growth_pct']:+.1f} %)")
     return "\n".join(lines)
