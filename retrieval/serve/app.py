@@ -11,7 +11,7 @@ Routes (all ``/api`` ones and ``/metrics`` ask for the bearer token when the ser
 Every error is a JSON ``{"error": message}`` with a 4xx status; an unexpected fault is a logged 500.
 
 The routes are ``async``: parsing, checks and JSON run on the event loop, and only the query itself (encoding,
-index search, genres) goes to a small pool of query threads, one hop per request. Answers are plain dicts
+index search, genres) goes to a pool of query threads, one hand-off per request. Answers are plain dicts
 sent as JSON as they are; their schemas (``models.SearchAnswer``...) are documented, and the tests check the
 answers against them.
 """
@@ -71,12 +71,17 @@ _GENRE_DOC = {"requestBody": {"content": {
 
 
 _GET_SEARCH = (("q", "string", None, "Spanish text"), ("id", "string", None, "indexed image id, file name or stem"),
-               ("k", "integer", 10, "results (1..max_k, see /api/info)"), ("offset", "integer", 0, "results to skip"),
+               ("k", "integer", 10, "results (1..{max_k})"), ("offset", "integer", 0, "results to skip (0..{max_offset})"),
                ("min_score", "number", None, "drop results scoring below"))
-_GET_SEARCH_DOC = {"parameters": [
-    {"name": name, "in": "query", "required": False, "description": text,
-     "schema": {"type": kind, **({} if default is None else {"default": default})}}
-    for name, kind, default, text in _GET_SEARCH]}
+
+
+def _get_search_doc(config: ServeConfig) -> dict:
+    """The OpenAPI parameters of ``GET /api/search`` (read by the route itself, not by FastAPI)."""
+    return {"parameters": [
+        {"name": name, "in": "query", "required": False,
+         "description": text.format(max_k=config.max_k, max_offset=config.max_offset),
+         "schema": {"type": kind, **({} if default is None else {"default": default})}}
+        for name, kind, default, text in _GET_SEARCH]}
 
 
 def _answers(model, text: str = "the answer") -> dict:
@@ -180,7 +185,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
-    @api.get("/search", summary="Search by text or by an indexed image", openapi_extra=_GET_SEARCH_DOC,
+    @api.get("/search", summary="Search by text or by an indexed image", openapi_extra=_get_search_doc(config),
              responses=_answers(SearchAnswer))
     async def search_get(request: Request) -> JSONResponse:
         # the parameters are read here and checked by SearchBody (documented above): the same checks and
