@@ -134,8 +134,6 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                   version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     async def require_token(request: Request) -> None:  # async: a sync dependency would cost a thread hop
-        if config.token is None:
-            return
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else unquote(request.cookies.get(TOKEN_COOKIE, ""))
         if not hmac.compare_digest(given.encode("utf-8", "replace"), config.token.encode("utf-8")):
@@ -183,7 +181,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         metrics.observe_stages(stages)
         return JSONResponse(doc)
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+    guard = [Depends(require_token)] if config.token is not None else []  # no token: nothing to check per request
+    api = APIRouter(prefix="/api", dependencies=guard)
 
     @api.get("/search", summary="Search by text or by an indexed image", openapi_extra=_get_search_doc(config),
              responses=_answers(SearchAnswer))
@@ -248,7 +247,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok", "images": len(eng().ids)}
 
-    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_token)])
+    @app.get("/metrics", include_in_schema=False, dependencies=guard)
     def metrics_route() -> Response:
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
