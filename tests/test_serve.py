@@ -274,6 +274,28 @@ def test_answers_are_the_documented_schemas(client):
     assert set(params) == {"q", "id", "k", "offset", "min_score"} and params["k"] == {"type": "integer", "default": 10}
 
 
+def test_query_threads_answer_like_the_event_loop(coll, fake_backbone):
+    """With inline_ms=0 every search goes to the query threads: same answers, and info says so."""
+    params = [{"q": BIKE, "k": 5}, {"id": "0004", "k": 4}, {"q": "un barco", "k": 3, "offset": 2}]
+    answers = {}
+    for inline_ms in (20.0, 0.0):
+        with TestClient(create_app(_config(coll, inline_ms=inline_ms))) as c:
+            assert c.get("/api/info").json()["server"]["queries_on_event_loop"] is (inline_ms > 0)
+            answers[inline_ms] = [_ids(c.get("/api/search", params=p).json()) for p in params]
+            answers[inline_ms].append(_ids(c.post("/api/search", json={"terms": [{"q": BIKE}, {"id": "0003", "w": -0.5}]}).json()))
+    assert answers[0.0] == answers[20.0] and all(answers[0.0])
+
+
+def test_a_text_model_that_cannot_be_probed_keeps_queries_on_threads(coll, fake_backbone, monkeypatch):
+    def unknown_words(self, text):
+        raise RequestError("no known words", 400)
+
+    monkeypatch.setattr(Engine, "text_vector", unknown_words)
+    with TestClient(create_app(_config(coll))) as c:
+        server = c.get("/api/info").json()["server"]
+    assert server["queries_on_event_loop"] is False and server["warm_query_cpu_ms"] is None
+
+
 def test_requests_run_faiss_on_one_thread(coll):
     """OpenMP's thread count is per thread: a search on a new (request) thread must still use one."""
     import threading
@@ -318,6 +340,7 @@ def test_info_metrics_docs_and_page(client, coll):
     assert a["text_model"]["fingerprint"] == f"sha256:{digest}" and a["genres"]["model"] == "text"
     assert info["stale"] == [] and info["text_queries"] and info["image_queries"] and info["genres"]
     assert info["server"]["query_threads"] >= 1 and info["server"]["event_loop"]
+    assert info["server"]["queries_on_event_loop"] and 0 < info["server"]["warm_query_cpu_ms"] <= 20
     client.get("/api/search", params={"q": BIKE})
     text = client.get("/metrics").text
     assert 'buscador_requests_total{method="GET",route="/api/search",status="200"}' in text

@@ -299,7 +299,8 @@ def format_report(r: dict) -> str:
     """A short printable summary of :func:`run`'s figures."""
     la = r["load_average"]
     lines = [(f"serve load test on loopback: {r['n_images']} images, {r['clients']} clients, {r['requests']} requests; "
-             f"server: {r['server'].get('event_loop', '?')} loop, {r['server'].get('query_threads', '?')} query thread(s)"),
+             f"server: {r['server'].get('event_loop', '?')} loop, {r['server'].get('query_threads', '?')} query thread(s), "
+             f"text and id queries on the {'event loop' if r['server'].get('queries_on_event_loop') else 'query threads'}"),
              f"  one at a time, in-process and HTTP rounds interleaved; client: {r['client']}",
              (f"  load average (1 min) {la['before'][0]:.1f} before, {la['after_paired'][0]:.1f} after the paired rounds, "
              f"{la['after_load'][0]:.1f} after the load, on {os.cpu_count()} CPUs")]

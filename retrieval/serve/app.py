@@ -10,8 +10,9 @@ Routes (all ``/api`` ones and ``/metrics`` ask for the bearer token when the ser
 
 Every error is a JSON ``{"error": message}`` with a 4xx status; an unexpected fault is a logged 500.
 
-The routes are ``async``: parsing, checks and JSON run on the event loop, and only the query itself (encoding,
-index search, genres) goes to a pool of query threads, one hand-off per request. Answers are plain dicts
+The routes are ``async``: parsing, checks and JSON run on the event loop, and the query itself (encoding,
+index search, genres) goes to a pool of query threads, one hand-off per request; text and id searches are
+answered on the event loop itself when a warm one is short (``ServeConfig.inline_ms``). Answers are plain dicts
 sent as JSON as they are; their schemas (``models.SearchAnswer``...) are documented, and the tests check the
 answers against them.
 """
@@ -23,6 +24,7 @@ import hmac
 import importlib.util
 import json
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -99,6 +101,10 @@ def _query_threads(config: ServeConfig) -> int:
     return min(32, cpus + 4)
 
 
+def _finite_ms(ms: float) -> float | None:
+    return round(ms, 2) if math.isfinite(ms) else None
+
+
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -122,7 +128,11 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         threads = _query_threads(config)
         holder["pool"] = ThreadPoolExecutor(threads, thread_name_prefix="buscador-query")
         holder["threads"] = threads
-        log.info("ready: %d images, %d query thread(s)", len(holder["engine"].ids), threads)
+        cost = holder["engine"].query_cpu_ms
+        holder["inline"] = config.inline_ms > 0 and cost <= config.inline_ms
+        log.info("ready: %d images, %d query thread(s); text and id queries on the %s (a warm one costs %.1f ms of CPU, "
+                 "limit %g ms)", len(holder["engine"].ids), threads, "event loop" if holder["inline"] else "query threads",
+                 cost, config.inline_ms)
         try:
             yield
         finally:
@@ -145,6 +155,14 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     async def offload(fn, *args):
         """``fn(*args)`` on a query thread (the event loop keeps serving other requests meanwhile)."""
         return await asyncio.get_running_loop().run_in_executor(holder["pool"], fn, *args)
+
+    async def search_answer(body: SearchBody, uploads: list[bytes] = ()):
+        """A search on the event loop when it is a short one (one text or id term, see ServeConfig.inline_ms)."""
+        short = not uploads and body.image is None and len(body.terms or ()) <= 1 and all(
+            t.image is None for t in body.terms or ())
+        if holder["inline"] and short:
+            return answer_search(eng(), body)
+        return await offload(answer_search, eng(), body, uploads)
 
     async def payload(request: Request, files: str) -> tuple[dict, list[bytes]]:
         """The fields of a JSON or multipart body, and the bytes of its ``files`` parts."""
@@ -191,14 +209,14 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         # messages as FastAPI's per-parameter parsing, at a third of its cost on this, the hottest route
         params = request.query_params
         body = SearchBody.model_validate({name: params[name] for name, *_ in _GET_SEARCH if name in params})
-        return finish(*await offload(answer_search, eng(), body))
+        return finish(*await search_answer(body))
 
     @api.post("/search", summary="Search by text, indexed image, uploaded image or weighted terms",
               openapi_extra=_MULTIPART_DOC, responses=_answers(SearchAnswer))
     async def search_post(request: Request) -> JSONResponse:
         data, uploads = await payload(request, "image")
         body = SearchBody.model_validate(data)
-        return finish(*await offload(answer_search, eng(), body, uploads))
+        return finish(*await search_answer(body, uploads))
 
     @api.post("/search/batch", summary="Many searches at once (JSON; images as base64)",
               responses=_answers(BatchAnswer, "one answer per query, in order"))
@@ -238,7 +256,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @api.get("/info", summary="Index kind, N, d, loaded models with fingerprints, staleness, limits")
     async def info() -> JSONResponse:
         loop = type(asyncio.get_running_loop())
-        server = {"event_loop": f"{loop.__module__}.{loop.__qualname__}", "query_threads": holder["threads"]}
+        server = {"event_loop": f"{loop.__module__}.{loop.__qualname__}", "query_threads": holder["threads"],
+                  "queries_on_event_loop": holder["inline"], "warm_query_cpu_ms": _finite_ms(eng().query_cpu_ms)}
         return JSONResponse({**await offload(eng().info), "server": server})
 
     app.include_router(api)
