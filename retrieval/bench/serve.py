@@ -76,10 +76,11 @@ def _pct(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000, q)) if len(xs) else float("nan")
 
 
-def _start_server(index_dir: str, model: str, port: int) -> subprocess.Popen:
+def _start_server(index_dir: str, model: str, port: int, inline_ms: float) -> subprocess.Popen:
     code = ("import logging, sys; logging.basicConfig(level=logging.WARNING); "
             "from retrieval.serve import ServeConfig, run; "
-            f"run(ServeConfig(index_dir={index_dir!r}, model={model!r}, image_queries=False), '127.0.0.1', {port})")
+            f"run(ServeConfig(index_dir={index_dir!r}, model={model!r}, image_queries=False, inline_ms={inline_ms!r}), "
+            f"'127.0.0.1', {port})")
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -225,7 +226,8 @@ def read_captions(path: str | os.PathLike, limit: int = 500) -> list[str]:
 
 
 def run(index_dir: str, model: str, texts: Sequence[str] = DEFAULT_QUERIES, clients: int = 16, n_text: int = 2000,
-        n_id: int = 500, n_single: int = 300, time_limit: float = 150.0, seed: int = 0, rounds: int = 10) -> dict:
+        n_id: int = 500, n_single: int = 300, time_limit: float = 150.0, seed: int = 0, rounds: int = 10,
+        inline_ms: float = 20.0) -> dict:
     """Run the two parts (module docstring) and return the figures (milliseconds, MiB, requests/s)."""
     from retrieval.serve import Engine, ServeConfig
     from retrieval.serve.answers import search
@@ -241,7 +243,7 @@ def run(index_dir: str, model: str, texts: Sequence[str] = DEFAULT_QUERIES, clie
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start_server(str(index_dir), str(model), port)
+    proc = _start_server(str(index_dir), str(model), port, float(inline_ms))
     try:
         _wait_ready(proc, base)
         import httpx
