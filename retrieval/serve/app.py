@@ -118,7 +118,7 @@ def _validation_message(errors) -> str:
 def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     """The app; ``engine`` (already loaded) is used as is, otherwise one is loaded at start-up."""
     metrics = Metrics()
-    holder: dict = {}  # engine, pool, threads (set in the lifespan)
+    holder: dict = {}  # engine, pool, threads, inline (set in the lifespan)
     body_limit = (config.max_upload * 4) // 3 + 1024 * 1024  # a base64 image in JSON plus the other fields
 
     @asynccontextmanager
