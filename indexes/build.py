@@ -88,8 +88,11 @@ def auto_factory(n: int, d: int, memory_budget: int = DEFAULT_BUDGET, max_query_
     """The ``auto`` factory string for ``n`` x ``d`` vectors: the index gets ``INDEX_SHARE`` of
     ``memory_budget`` (with ``on_disk``, only its resident part counts: :func:`indexes.ondisk.choose_on_disk`);
     IVF lists are limited to one per 39 training rows (``train_rows``)."""
-    pick = choose_on_disk if on_disk else choose
-    factory = pick(n, d, int(memory_budget * INDEX_SHARE), max_query_ms).factory
+    share = int(memory_budget * INDEX_SHARE)
+    if on_disk:
+        factory = choose_on_disk(n, d, share, max_query_ms, n_lists(min(n, train_rows)) if train_rows else None).factory
+    else:
+        factory = choose(n, d, share, max_query_ms).factory
     if train_rows is not None and "IVF" in factory:
         k = int(re.search(r"IVF(\d+)", factory).group(1))
         fit = n_lists(min(n, train_rows))

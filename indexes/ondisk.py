@@ -49,6 +49,7 @@ from indexes.fill import INDEX_SHARE
 
 log = logging.getLogger(__name__)
 
+MIN_SCAN = 1 / 8  # the auto on-disk choice wants a query to be able to scan this share of the rows
 GROWTH = 3  # list buffers grow by doubling, leaving the smaller ones freed behind: a shard's lists take ~3x their bytes
 _MADV_DONTNEED = 4
 _WORK_PREFIX = ".build-"
@@ -78,11 +79,25 @@ def resident_bytes(factory: str, n: int, d: int) -> int:
     return int(empty["total"] + full.get("refine", 0) - empty.get("refine", 0))
 
 
-def choose_on_disk(n: int, d: int, share: int, max_query_ms: float | None = None) -> Plan:
+def entry_bytes(factory: str, n: int, d: int) -> float:
+    """Bytes of one vector's entry in the on-disk lists: its code and its 8-byte id."""
+    empty, full = estimate_bytes(factory, 0, d), estimate_bytes(factory, max(n, 1), d)
+    return (full["codes"] - empty["codes"] + full["ids"]) / max(n, 1)
+
+
+def choose_on_disk(n: int, d: int, share: int, max_query_ms: float | None = None, max_lists: int | None = None) -> Plan:
     """The best-recall candidate kind with on-disk lists whose resident part fits ``share`` bytes (and, with
-    ``max_query_ms``, whose estimated query time fits it; else the fastest that fits)."""
-    plans = [plan(f, n, d) for f in candidates(n, d) if _disk_capable(f)]
+    ``max_query_ms``, whose estimated query time fits it; else the fastest that fits). ``max_lists`` caps the
+    IVF lists first (the training sample's limit), since the coarse quantizer is most of what stays resident."""
+    def capped(f: str) -> str:
+        return re.sub(r"IVF(\d+)", lambda m: f"IVF{min(int(m.group(1)), max_lists)}", f, count=1) if max_lists else f
+
+    plans = [plan(capped(f), n, d) for f in candidates(n, d) if _disk_capable(f)]
     fits = [p for p in plans if resident_bytes(p.factory, n, d) <= share]
+    # a query scans at most max_codes entries (see OnDiskLists.max_codes); a kind whose entries are so big that
+    # this is under MIN_SCAN of the rows loses more recall to the cap than its finer codes win back
+    scans = [p for p in fits if (share - resident_bytes(p.factory, n, d)) / (2 * entry_bytes(p.factory, n, d)) >= MIN_SCAN * n]
+    fits = scans or fits
     if not fits:
         least = min(plans, key=lambda p: resident_bytes(p.factory, n, d))
         raise UserError(f"{n} x {d} vectors do not fit a memory budget of {share / INDEX_SHARE / 2**20:,.0f} MiB even "
@@ -284,8 +299,9 @@ class OnDiskLists:
         log.info("merged %d shards into %s (%.1f MiB)", len(self.shards), self.ivfdata.name, total / 2**20)
 
     def max_codes(self) -> int:
-        """Codes one query may scan: its lists' pages fit what the index share leaves after the resident part."""
-        return max(1, self.avail // self.entry)
+        """Entries one query may scan: their pages (mapped with some read-around: about 1.5x the entries' bytes,
+        measured) fit what the index share leaves after the resident part."""
+        return max(1, self.avail // (2 * self.entry))
 
     @contextlib.contextmanager
     def paged(self, index):

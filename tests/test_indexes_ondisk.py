@@ -121,7 +121,7 @@ def test_index_bigger_than_the_budget_is_built_within_it(tmp_path):
     assert (tmp_path / "ix" / IVFDATA_FILE).stat().st_size > 3 * budget  # the index itself is bigger than the budget
     assert got["peak"] - got["base"] <= budget / 2**20, got
     # one query reads at most what the budget leaves after the resident part (2,056 bytes a Flat entry)
-    assert got["max_codes"] * 2056 <= 0.6 * budget, got
+    assert got["max_codes"] * 2056 <= 0.3 * budget, got
 
 
 _KILLED = textwrap.dedent("""
@@ -197,3 +197,23 @@ def test_on_disk_index_is_rebuilt_when_rows_are_added(tmp_path):
     meta = build_index_dir(path, tmp_path / "ix", IndexConfig(factory="IVF16,SQ8", on_disk=False), quiet=True)
     assert meta["update"]["action"] == "rebuilt" and meta["storage"] == {"lists": "memory"}
     assert IVFDATA_FILE not in meta["files"] and not (tmp_path / "ix" / IVFDATA_FILE).exists()
+
+
+def test_auto_keeps_the_lists_on_disk_when_no_kind_fits_in_memory(tmp_path):
+    n, d = 20_000, 8
+    xb = clustered(n, d, seed=11)
+    path = tmp_path / "features.h5"
+    write_features(path, [f"{i}.jpg" for i in range(n)], xb, {"model": "resnet18"})
+    budget = ["--memory-budget", "256KiB"]  # even 8-byte codes and ids (320 KB) are over its index share
+    r = CliRunner().invoke(cli, ["index", "build", str(path), str(tmp_path / "mem"), *budget, "--in-memory", "-q"])
+    assert r.exit_code != 0 and "do not fit a memory budget" in r.output and r.output.count("\n") == 1, r.output
+    r = CliRunner().invoke(cli, ["index", "build", str(path), str(tmp_path / "ix"), *budget, "-q"])
+    assert r.exit_code == 0 and "lists on disk" in r.output, r.output
+    meta = load_index(tmp_path / "ix").meta
+    # the best-recall kind whose queries can still scan 1/8 of the rows within the budget (Flat entries could not)
+    assert meta["factory"] == "IVF32_HNSW32,SQ8" and meta["storage"]["reason"].startswith("no index kind")
+    assert meta["storage"]["resident_bytes"] <= 0.6 * (256 << 10)
+    xq = normalize_rows(xb[:50].copy())
+    exact = np.argsort(-(xq @ normalize_rows(xb.copy()).T), axis=1, kind="stable")[:, :1]
+    hits = Collection(tmp_path / "ix").search_vectors(xb[:50], 1).hits
+    assert np.mean([h[0].id == f"{e}.jpg" for h, e in zip(hits, exact[:, 0])]) >= 0.9  # each row finds itself
