@@ -14,17 +14,19 @@ rename leaves the old folder as it was (or none), and the next build removes the
 Memory. What stays resident is the trained part (:func:`resident_bytes`): the coarse quantizer and its
 HNSW graph, PCA/OPQ matrices, PQ/SQ codebooks, a re-ranking stage's vectors (``Refine``) and the list
 metadata. The index share of ``--memory-budget`` less that part bounds, in turn, a shard's lists in memory
-(at twice their bytes: list buffers grow by doubling), the pages of shards and ``index.ivfdata`` mapped at
-once while merging (dropped with ``madvise(MADV_DONTNEED)`` as the merge moves on; written pages stay in
-the page cache and reach the disk), and the codes one query scans (``max_codes``, recorded with the
-search parameters, so the build-time calibration and every later query read at most that much of the lists).
+(at three times their bytes: list buffers grow by doubling; freed memory is handed back to the system
+between shards), the pages of shards and ``index.ivfdata`` mapped at once while merging (dropped with
+``madvise(MADV_DONTNEED)`` as the merge moves on; written pages stay in the page cache and reach the disk),
+and the entries one query scans (``max_codes``, recorded with the search parameters, so the build-time
+calibration, which drops the pages after each query, and every later query map at most that much).
 
 Searching maps ``index.ivfdata`` read-only (:func:`map_lists`): a query reads the lists it probes, as file
 pages the kernel shares and evicts under memory pressure rather than memory the process holds.
 
 When. ``--on-disk`` always, ``--in-memory`` never; by default when an explicit IVF kind's estimated bytes
 exceed the index share of ``--memory-budget``, and for ``--index auto`` when no candidate fits that share in
-memory (:func:`choose_on_disk` then takes the best-recall kind whose resident part fits). Fast-scan lists
+memory (:func:`choose_on_disk` then takes the best-recall kind whose resident part fits, passing over kinds
+whose entries are so big that ``max_codes`` is under ``MIN_SCAN`` of the rows). Fast-scan lists
 (``PQ..x4fs``) are packed in blocks of 32 vectors and cannot be stored this way.
 """
 
