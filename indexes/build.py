@@ -6,7 +6,8 @@ a second full copy of the features.
 
 ``factory="auto"`` picks a kind under a memory budget and a latency budget (:mod:`indexes.choose`). Of the
 budget, 60% goes to the index and the rest to the training sample (25%) and the feature blocks being
-added (10%), so a build over a feature file bigger than memory stays within ``memory_budget``.
+added (10%), so a build over a feature file bigger than memory stays within ``memory_budget``. An IVF index
+that does not fit its share keeps its lists on disk in ``index.ivfdata`` (:mod:`indexes.ondisk`).
 
 Approximate indexes are calibrated on held-out queries: stored vectors searched with their own row left
 out of both the exact and the approximate answer (the question a fresh query asks), and the smallest
@@ -161,8 +162,9 @@ def resolve_storage(n: int, d: int, config: IndexConfig, can_disk: bool = True) 
         raise UserError("on-disk lists need an index folder to live in; build with build_index_dir / `index build`")
     rows = min(config.train_size, train_rows(d, config))
     if config.factory != "auto":
-        reason = disk_reason(config.factory, n, d, config, lambda: make_index(config.factory, d, config.metric))
-        return config.factory, reason if can_disk else None
+        if not can_disk:
+            return config.factory, None
+        return config.factory, disk_reason(config.factory, n, d, config, lambda: make_index(config.factory, d, config.metric))
     if not config.on_disk:
         try:
             return auto_factory(n, d, config.memory_budget, config.max_query_ms, rows), None

@@ -217,3 +217,12 @@ def test_auto_keeps_the_lists_on_disk_when_no_kind_fits_in_memory(tmp_path):
     exact = np.argsort(-(xq @ normalize_rows(xb.copy()).T), axis=1, kind="stable")[:, :1]
     hits = Collection(tmp_path / "ix").search_vectors(xb[:50], 1).hits
     assert np.mean([h[0].id == f"{e}.jpg" for h, e in zip(hits, exact[:, 0])]) >= 0.9  # each row finds itself
+
+
+def test_benchmark_compares_the_same_lists_mapped_and_in_memory(tmp_path):
+    from indexes.bench.ondisk import ondisk_benchmark
+
+    got = ondisk_benchmark(6000, 32, 512 << 10, nq=50, folder=tmp_path)
+    assert got["storage"]["lists"] == "on_disk" and got["storage"]["shards"] >= 2, got
+    assert got["recall@10_on_disk"] == got["recall@10_in_memory"] > 0.3, got  # same lists, same answers
+    assert got["features_mib"] * 2**20 > 2 * (512 << 10)
