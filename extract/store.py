@@ -179,7 +179,9 @@ class FeatureFile:
             order = np.argsort(rows, kind="stable")
             sorted_rows = rows[order]
             uniq, inverse = np.unique(sorted_rows, return_inverse=True)
-            block = ds[uniq.tolist()]
+            block = ds[uniq.tolist()].astype(np.float32, copy=False)
+            if uniq.size == rows.size and np.array_equal(order, np.arange(rows.size)):
+                return block  # sorted distinct rows (a training sample): no second and third copy
             out = np.empty((rows.size, self.dim), np.float32)
             out[order] = block[inverse]
             return out

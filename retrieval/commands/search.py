@@ -28,10 +28,13 @@ def index() -> None:
 @click.option("--train-size", type=click.IntRange(min=1), default=65536, show_default=True, help="Training sample size.")
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="Recall@10 the default nprobe/efSearch must reach on held-out queries.")
+@click.option("--on-disk/--in-memory", "on_disk", default=None,
+              help="Keep the IVF lists in OUT_DIR/index.ivfdata, memory-mapped to search (default: when the index "
+                   "would not fit the index share of --memory-budget in memory).")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even when only new rows would be added.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms, train_size, target_recall, rebuild,
-                quiet) -> None:
+def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms, train_size, target_recall, on_disk,
+                rebuild, quiet) -> None:
     """Build an index over FEATURES.h5 (or a shard manifest.json) and save OUT_DIR/index.faiss + index.json.
 
     When OUT_DIR already holds an index of a feature file that has since grown, only the new rows are
@@ -40,7 +43,7 @@ def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms,
     from indexes.build import IndexConfig, build_index_dir, parse_size
 
     config = IndexConfig(factory=factory, metric=metric, memory_budget=parse_size(memory_budget),
-                         train_size=train_size, target_recall=target_recall, max_query_ms=max_query_ms)
+                         train_size=train_size, target_recall=target_recall, max_query_ms=max_query_ms, on_disk=on_disk)
     meta = build_index_dir(features, out_dir, config, quiet=quiet, incremental=not rebuild)
     click.echo(format_build(out_dir, meta))
 
@@ -54,6 +57,9 @@ def format_build(out_dir, meta: dict) -> str:
     recall = f" (recall@10 {cal['recall@10']:.3f} held out, {cal['query_ms']:.2f} ms a query)" if "query_ms" in cal else ""
     size = sum(f["size"] for f in meta.get("files", {}).values())
     what = f"{meta['factory']} ({meta['metric']}) over {meta['n']} x {meta['d']}, {size / 2**20:,.1f} MiB"
+    storage = meta.get("storage") or {}
+    if storage.get("lists") == "on_disk":
+        what += f" (lists on disk, {storage['resident_bytes'] / 2**20:,.1f} MiB in memory)"
     if action == "unchanged":
         return f"{out_dir}: up to date ({upd['reason']}); {what}"
     if action == "added":
