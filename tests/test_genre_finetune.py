@@ -36,14 +36,14 @@ def _posters(folder, n=36, seed=0):
     return labels
 
 
-def test_finetune_trains_only_the_last_blocks_and_saves_a_safe_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """36 seeded posters, their resnet18 features (random weights, 32 px) and a model with 2 blocks fine-tuned."""
     from click.testing import CliRunner
 
     from cli import cli
-    from extract.backbone import load_backbone
-    from extract.store import open_features
-    from retrieval.genre.finetune import backbone_blocks
 
+    tmp_path = tmp_path_factory.mktemp("finetune")
     labels = _posters(tmp_path)
     feats = tmp_path / "posters.h5"
     runner = CliRunner()
@@ -56,7 +56,16 @@ def test_finetune_trains_only_the_last_blocks_and_saves_a_safe_checkpoint(tmp_pa
                               "--batch-size", "16", "--device", "cpu", "--quiet", "--val-fraction", "0.25",
                               "--test-fraction", "0.25"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert "last 2 backbone blocks fine-tuned" in res.output and "test: n=" in res.output
+    return tmp_path, labels, feats, out, res.output
+
+
+def test_finetune_trains_only_the_last_blocks_and_saves_a_safe_checkpoint(tuned):
+    from extract.backbone import load_backbone
+    from extract.store import open_features
+    from retrieval.genre.finetune import backbone_blocks
+
+    _, _, feats, out, output = tuned
+    assert "last 2 backbone blocks fine-tuned" in output and "test: n=" in output
     blob = torch.load(out, weights_only=True)
     assert blob["format"] == "buscador-genre-finetuned/1" and set(blob["genres"]) == {"Acción", "Drama"}
     # the trained blocks' weights moved away from the seeded backbone the feature file was made with (BatchNorm
@@ -69,6 +78,60 @@ def test_finetune_trains_only_the_last_blocks_and_saves_a_safe_checkpoint(tmp_pa
         params = dict(block.named_parameters())
         assert all(not torch.equal(saved[k], p.detach()) for k, p in params.items() if k.endswith("conv1.weight"))
     assert blob["head"]["1.weight"].shape == (2, 512)
+
+
+def _reference_probs(blob, paths):
+    """Probabilities built by hand: the feature file's backbone with the saved blocks loaded, run through the
+    extraction pipeline (extract.features.embed_images), then the saved linear head as sigmoid(x W^T + b)."""
+    from extract.features import backbone_from_config, embed_images
+    from retrieval.genre.finetune import backbone_blocks
+
+    bb = backbone_from_config(blob["feature_config"], "cpu")
+    for block, state in zip(backbone_blocks(bb.module)[-2:], blob["blocks"]):
+        block.load_state_dict(state)
+    bb.module.eval()
+    x, failed = embed_images(paths, bb, "cpu")
+    assert not failed
+    w, b = blob["head"]["1.weight"].numpy(), blob["head"]["1.bias"].numpy()
+    return 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ w.T + b)))
+
+
+def test_evaluate_and_predict_run_the_fine_tuned_backbone_on_the_posters(tuned):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import cli
+    from retrieval.genre.decision import DecisionRule
+    from retrieval.genre.metrics import multilabel_report
+
+    folder, labels, feats, out, _ = tuned
+    blob = torch.load(out, weights_only=True)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["genres", "evaluate", str(out), "--json", "--split", "all"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads(res.output)
+    # reference: every poster through the hand-built model, the saved decision rule, the label file's genres
+    ids = [f"p{i}" for i in range(36)]
+    probs = _reference_probs(blob, [str(folder / "posters" / f"{m}.png") for m in ids])
+    genres = list(blob["genres"])
+    Y = np.array([[int(g == ("Acción" if i % 2 else "Drama")) for g in genres] for i in range(36)], np.uint8)
+    ref = multilabel_report(Y, DecisionRule.from_state(blob["decision"]).apply(probs), genres)
+    assert report["n"] == 36 and report["micro_f1"] == pytest.approx(ref["micro_f1"])
+    assert "fine-tuned" in report["model"]
+
+    res = runner.invoke(cli, ["genres", "evaluate", str(out), "--labels", str(labels), "--features", str(feats)])
+    assert res.exit_code == 0 and f"n={len(blob['split_ids']['test'])}" in res.output.replace(" ", "")
+
+    res = runner.invoke(cli, ["genres", "predict", str(out), "--poster", str(folder / "posters" / "p3.png"), "--top", "2",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    got = {line.split()[0]: float(line.split()[1]) for line in res.output.strip().splitlines()}
+    assert set(got) == set(genres)
+    for g, p in got.items():
+        assert p == pytest.approx(float(probs[3, genres.index(g)]), abs=2e-3)
+    res = runner.invoke(cli, ["genres", "predict", str(out), "--overview", "sin cartel"])
+    assert res.exit_code == 1 and "needs --poster" in res.output
 
 
 def test_finetune_refuses_other_models_and_too_many_blocks(tmp_path):

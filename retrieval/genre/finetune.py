@@ -101,6 +101,19 @@ def _loader(paths, preprocessing, train, max_pixels, batch_size, seed, workers):
                                        num_workers=workers, generator=gen)
 
 
+def image_probabilities(module, net, bb, paths: list[str], n_genres: int, max_pixels: int, batch_size: int = 32,
+                        workers: int = 0) -> np.ndarray:
+    """``(len(paths), G) float32`` genre probabilities of poster images through ``module`` (the backbone, in eval
+    mode) and ``net`` (the head), each image preprocessed exactly like feature extraction."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for x, _ in _loader(paths, bb.preprocessing, False, max_pixels, batch_size, 0, workers):
+            out.append(torch.sigmoid(net(module(bb.normalize(x).contiguous()).flatten(1))).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, n_genres), np.float32)
+
+
 def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfig, blocks: int, device: str = "auto",
              quiet: bool = True, workers: int = 0) -> dict:
     """Train a poster head and the last ``blocks`` backbone blocks; return a dict with ``net`` parts, decision,
@@ -150,11 +163,7 @@ def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfi
 
     def probabilities(rows):
         set_mode(False)
-        out = []
-        with torch.no_grad():
-            for x, _ in _loader([paths[r] for r in rows], bb.preprocessing, False, max_pixels, cfg.batch_size, cfg.seed, workers):
-                out.append(torch.sigmoid(net(module(bb.normalize(x).contiguous()).flatten(1))).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, G), np.float32)
+        return image_probabilities(module, net, bb, [paths[r] for r in rows], G, max_pixels, cfg.batch_size, workers)
 
     best, best_state, stale, history = np.inf, None, 0, []
     epoch_seconds = []
@@ -229,7 +238,8 @@ def finetune_and_save(labels_path, features_path, cfg: GenreConfig, blocks: int,
     test = prep.rows("test")
     blob = {"format": FORMAT, "config": asdict(cfg), "genres": list(prep.labels.genres), "feature_config": config,
             "n_blocks": blocks, "head": res["head"], "blocks": res["blocks"], "decision": res["decision"].state(),
-            "history": res["history"], "labels_path": str(labels_path),
+            "history": res["history"], "labels_path": str(labels_path), "features": prep.features,
+            "no_train_positive": list(prep.no_train_positive),
             "split_ids": {s: [prep.labels.ids[i] for i in prep.rows(s)] for s in ("val", "test")}}
     with atomic_path(out) as tmp:
         torch.save(blob, tmp)
