@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from retrieval.commands.common import Group, workspace_path
-from retrieval.genre.inputs import TEXT_DESCRIPTORS
+from retrieval.genre.inputs import TEXT_DESCRIPTORS, check_descriptor
 from retrieval.genre.kinds import MODEL_KINDS
 
 
@@ -38,9 +38,20 @@ def _genre_data_options(f):
     return f
 
 
+def _descriptor_option(ctx, param, value):
+    from extract.core.errors import UserError
+
+    try:
+        return check_descriptor(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _genre_train_options(f):
     for decl, kw in reversed([
-        ("--descriptor", {"type": click.Choice(TEXT_DESCRIPTORS), "default": "tfidf", "show_default": True, "help": "Overview descriptor."}),
+        ("--descriptor", {"default": "tfidf", "show_default": True, "callback": _descriptor_option,
+                          "help": f"Overview descriptor: {', '.join(TEXT_DESCRIPTORS)}, or several joined with + "
+                                  "(e.g. e5-small+tfidf: the blocks side by side)."}),
         ("--text-encoder", {"type": click.Path(exists=True), "default": None, "help": "Vectors (centroid) or text regressor checkpoint (regressor)."}),
         ("--hidden", {"type": int, "default": 256, "show_default": True, "help": "Hidden units (0 = linear head)."}),
         ("--dropout", {"type": float, "default": 0.3, "show_default": True}),
@@ -169,7 +180,8 @@ def genres_predict(ckpt, poster, overview, top, device) -> None:
 @_genre_data_options
 @_genre_train_options
 @click.option("--models", default=",".join(MODEL_KINDS), show_default=True, help="Comma-separated model kinds.")
-@click.option("--descriptors", default="tfidf", show_default=True, help="Comma-separated text descriptors.")
+@click.option("--descriptors", default="tfidf", show_default=True,
+              help="Comma-separated text descriptors (each may join several with +, e.g. tfidf,e5-small+tfidf).")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Repeat with split seeds SEED..SEED+N-1 and report mean ± sd.")
 @click.option("--fine-tune", type=click.IntRange(1), default=None,
@@ -200,10 +212,8 @@ def genres_benchmark(features, labels, allow_pickle, genre_ids, models, descript
     if bad:
         raise click.BadParameter(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(MODEL_KINDS)}", param_hint="--models")
     descs = tuple(d.strip() for d in descriptors.split(",") if d.strip())
-    bad = [d for d in descs if d not in TEXT_DESCRIPTORS]
-    if bad:
-        raise click.BadParameter(f"unknown descriptor(s) {', '.join(bad)}; choose from {', '.join(TEXT_DESCRIPTORS)}",
-                                 param_hint="--descriptors")
+    for d in descs:
+        _descriptor_option(None, None, d)
     features = _features_default(features, any(k != "text" for k in kinds))
     if features is not None and not os.path.exists(features):
         if all(k == "text" for k in kinds):

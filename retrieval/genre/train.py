@@ -20,7 +20,7 @@ from extract.core.errors import UserError
 from retrieval.genre.config import GenreConfig
 from retrieval.genre.data import read_label_set
 from retrieval.genre.decision import choose_rule
-from retrieval.genre.inputs import TextInput
+from retrieval.genre.inputs import TextInput, make_text_input
 from retrieval.genre.join import joined
 from retrieval.genre.labels import LabelSet
 from retrieval.genre.metrics import micro_f1, multilabel_report
@@ -126,7 +126,7 @@ def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndar
 
 def text_inputs(prep: Prepared, cfg: GenreConfig, progress: bool = False) -> tuple[TextInput, np.ndarray]:
     """The overview descriptor of ``cfg`` fitted on the training movies and every movie's ``(n, d) float32`` input."""
-    descriptor = TextInput(cfg.descriptor, cfg.descriptor_path, cfg.text_cache, progress=progress)
+    descriptor = make_text_input(cfg.descriptor, cfg.descriptor_path, cfg.text_cache, progress=progress)
     descriptor.fit([prep.labels.texts[i] for i in prep.rows("train")])
     return descriptor, descriptor.transform(prep.labels.texts)
 
