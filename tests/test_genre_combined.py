@@ -106,3 +106,41 @@ def test_benchmark_takes_combined_descriptors_and_refuses_unknown_parts(data, tm
     assert {("text", "tfidf"), ("text", "centroid+tfidf")} <= rows
     res = runner.invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--descriptors", "tfidf+bow"])
     assert res.exit_code == 2 and "unknown text descriptor 'bow'" in res.output
+
+
+class _CountingEncoder:
+    """A sentence encoder stand-in: hashed word vectors summed; counts the texts it encodes."""
+
+    def __init__(self, name):
+        self.name, self.dim, self.fingerprint, self.calls = name, 12, "counting-1", 0
+
+    def encode(self, texts, **_):
+        import zlib
+
+        from retrieval.text import tokenize
+
+        self.calls += len(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in tokenize(t):
+                out[i] += np.random.default_rng(zlib.crc32(w.encode("utf-8"))).standard_normal(self.dim)
+        return out
+
+
+def test_benchmark_encodes_each_overview_once_across_model_kinds_repeats_and_combinations(data, tmp_path, monkeypatch):
+    from retrieval import encoders
+    from retrieval.genre.data import read_label_set
+
+    _, labels, feats, _, _ = data
+    fake = _CountingEncoder("use-multilingual")
+    monkeypatch.setattr(encoders, "get_encoder", lambda name: fake)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--features", str(feats), "--models",
+                                   "text,late", "--descriptors", "use-multilingual,use-multilingual+tfidf",
+                                   "--repeats", "2", "--epochs", "3", "--hidden", "16", "--device", "cpu", "--quiet",
+                                   "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rows = {(r["model"], r["inputs"]) for r in json.loads(res.output)["rows"]}
+    assert {("text", "use-multilingual+tfidf"), ("late", "poster+use-multilingual")} <= rows
+    distinct = {t for t in read_label_set(labels).texts if t.strip()}
+    assert fake.calls == len(distinct)  # 2 model kinds x 2 descriptors x 2 repeats, one encoding of each overview

@@ -134,6 +134,37 @@ def test_evaluate_and_predict_run_the_fine_tuned_backbone_on_the_posters(tuned):
     assert res.exit_code == 1 and "needs --poster" in res.output
 
 
+def test_benchmark_compares_cached_features_with_fine_tuning_on_one_split(tuned):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import cli
+    from retrieval.genre.baselines import most_frequent
+    from retrieval.genre.metrics import multilabel_report
+    from retrieval.genre.train import GenreConfig, fit, prepare
+
+    _, labels, feats, _, _ = tuned
+    opts = ["--epochs", "2", "--hidden", "0", "--batch-size", "16", "--device", "cpu", "--val-fraction", "0.25",
+            "--test-fraction", "0.25"]
+    res = CliRunner().invoke(cli, ["genres", "benchmark", "--fine-tune", "1", "--labels", str(labels), "--features", str(feats),
+                                   "--json", *opts])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    result = json.loads(res.output)
+    assert [r["model"] for r in result["rows"]] == ["most-frequent", "cached features", "fine-tuned (last 1 blocks)"]
+    # reference: the same split built directly, the most-frequent baseline and the cached-feature head trained on it
+    prep = prepare(labels, feats, seed=0, val_fraction=0.25, test_fraction=0.25)
+    test, train = prep.rows("test"), prep.rows("train")
+    assert result["n"] == {"train": len(train), "val": len(prep.rows("val")), "test": len(test)}
+    base = multilabel_report(prep.labels.Y[test], most_frequent(prep.labels.Y[train], len(test)), prep.labels.genres)
+    assert result["rows"][0]["micro_f1"] == pytest.approx(base["micro_f1"])
+    clf = fit(prep, GenreConfig(model="poster", epochs=2, hidden=0, batch_size=16, val_fraction=0.25, test_fraction=0.25),
+              device="cpu")
+    cached = multilabel_report(prep.labels.Y[test], clf.decide(clf.predict_proba(prep.poster[test], None)), prep.labels.genres)
+    assert result["rows"][1]["micro_f1"] == pytest.approx(cached["micro_f1"])
+    assert 1 <= result["rows"][2]["epochs"] <= 2
+
+
 def test_finetune_refuses_other_models_and_too_many_blocks(tmp_path):
     from click.testing import CliRunner
 
