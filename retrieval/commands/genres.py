@@ -150,7 +150,11 @@ def genres_train(features, labels, allow_pickle, genre_ids, model, fine_tune, ou
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def genres_evaluate(ckpt, features, labels, text_field, id_column, genres_column, allow_pickle, genre_ids, split, top_k,
                     as_json) -> None:
-    """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table."""
+    """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table.
+
+    A fine-tuned poster model (`genres train --fine-tune N`) runs its own backbone on the poster images of the
+    feature file (its image root and ids; default: the training one).
+    """
     import json
 
     from retrieval.genre.checkpoint import evaluate, load_classifier
@@ -169,7 +173,10 @@ def genres_evaluate(ckpt, features, labels, text_field, id_column, genres_column
 @click.option("--top", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def genres_predict(ckpt, poster, overview, top, device) -> None:
-    """Print a movie's most probable genres (* = chosen by the model's validation decision rule)."""
+    """Print a movie's most probable genres (* = chosen by the model's validation decision rule).
+
+    Poster models embed --poster with the backbone of their training features; a fine-tuned one with its own.
+    """
     from retrieval.genre.checkpoint import load_classifier, predict_movie
 
     for g in predict_movie(load_classifier(ckpt), poster, overview, top, device):
