@@ -66,6 +66,10 @@ def _genre_train_options(f):
                            "help": "Validation positives at which a genre's own threshold weighs as much as the global one."}),
         ("--val-fraction", {"type": click.FloatRange(0, 1, max_open=True), "default": 0.1, "show_default": True}),
         ("--test-fraction", {"type": click.FloatRange(0, 1, max_open=True), "default": 0.1, "show_default": True}),
+        ("--folds", {"type": click.IntRange(0), "default": 0, "show_default": True,
+                     "help": "0: one model, early-stopped on the validation split. K >= 2: an ensemble of K models, each "
+                             "trained on train+val outside one fold and early-stopped on it; the decision rule is chosen "
+                             "on their out-of-fold probabilities and predictions average the K."}),
         ("--seed", {"type": int, "default": 0, "show_default": True, "help": "Seed for the split and training."}),
         ("--device", {"default": "auto", "show_default": True, "help": "auto, cpu or cuda."}),
     ]):
@@ -75,7 +79,7 @@ def _genre_train_options(f):
 
 _TRAIN_KEYS = ("descriptor", "text_encoder", "hidden", "dropout", "epochs", "batch_size", "lr", "weight_decay",
                "pos_weight", "min_support", "val_fraction", "test_fraction", "seed", "text_field", "id_column",
-               "genres_column")
+               "genres_column", "folds")
 
 
 def _train_cfg(model, opts: dict, out: str | None = None):

@@ -109,7 +109,7 @@ def load_classifier(path: str | os.PathLike):
 
     from retrieval.genre.config import GenreConfig
     from retrieval.genre.inputs import text_input_from_state
-    from retrieval.genre.models import GenreNet
+    from retrieval.genre.models import EnsembleNet, GenreNet
 
     path = Path(path)
     if not path.is_file():
@@ -131,7 +131,10 @@ def load_classifier(path: str | os.PathLike):
                         f"expected {FORMAT} or {FINETUNED})")
     cfg = GenreConfig(**blob["config"])
     dims = blob["dims"]
-    net = GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout)
+    def member():
+        return GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout)
+
+    net = EnsembleNet([member() for _ in range(cfg.folds)]) if cfg.folds else member()
     net.load_state_dict(blob["state_dict"])
     net.eval()
     desc = text_input_from_state(blob["descriptor"]) if blob["descriptor"] is not None else None
