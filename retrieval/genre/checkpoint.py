@@ -120,7 +120,7 @@ def load_classifier(path: str | os.PathLike):
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot read {path} as a genre checkpoint ({type(exc).__name__}: {first}); pass a file "
                         "written by `cli.py genres train`") from None
-    from retrieval.genre.finetune import FORMAT as FINETUNED
+    from retrieval.genre.tuned import FORMAT as FINETUNED
 
     if isinstance(blob, dict) and blob.get("format") == FINETUNED:
         from retrieval.genre.tuned import load_finetuned
