@@ -173,6 +173,9 @@ def test_finetune_refuses_other_models_and_too_many_blocks(tmp_path):
     labels = _posters(tmp_path, n=8)
     res = CliRunner().invoke(cli, ["genres", "train", "--model", "text", "--fine-tune", "1", "--labels", str(labels)])
     assert res.exit_code != 0 and "--model poster" in res.output
+    res = CliRunner().invoke(cli, ["genres", "train", "--model", "poster", "--fine-tune", "1", "--folds", "2", "--labels",
+                                   str(labels)])
+    assert res.exit_code == 2 and "leave --folds at 0" in res.output
 
 
 @pytest.mark.parametrize("n_blocks", [99])

@@ -133,6 +133,8 @@ def genres_train(features, labels, allow_pickle, genre_ids, model, fine_tune, ou
     if fine_tune:
         if model != "poster":
             raise click.BadParameter("fine-tuning trains a poster backbone: use it with --model poster", param_hint="--fine-tune")
+        if cfg.folds:
+            raise click.BadParameter("fine-tuning trains one backbone: leave --folds at 0", param_hint="--fine-tune")
         from retrieval.genre.finetune import finetune_and_save
 
         click.echo(finetune_and_save(labels, _features_default(features, True), cfg, fine_tune, out, device=device,
