@@ -191,13 +191,15 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
 @click.option("--single", "n_single", type=click.IntRange(10), default=300, show_default=True,
               help="Queries timed one at a time, in process and over HTTP.")
 @click.option("--time-limit", type=click.FloatRange(1), default=150.0, show_default=True, help="Seconds the load part may take.")
+@click.option("--inline-ms", type=click.FloatRange(0), default=20.0, show_default=True,
+              help="The server's `serve --inline-ms` (0: every query on its query threads).")
 @click.option("--json", "as_json", is_flag=True)
-def benchmark_serve(index_dir, model, queries_file, clients, n_text, n_id, n_single, time_limit, as_json) -> None:
+def benchmark_serve(index_dir, model, queries_file, clients, n_text, n_id, n_single, time_limit, inline_ms, as_json) -> None:
     """Load test of `serve` on loopback: throughput, p50/p99, errors, RSS, against the in-process call."""
     import json
 
     from retrieval.bench.serve import DEFAULT_QUERIES, format_report, read_captions, run
 
     texts = read_captions(queries_file) if queries_file else list(DEFAULT_QUERIES)
-    report = run(index_dir, model, texts, clients, n_text, n_id, n_single, time_limit)
+    report = run(index_dir, model, texts, clients, n_text, n_id, n_single, time_limit, inline_ms=inline_ms)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
