@@ -192,3 +192,12 @@ def test_finetune_block_count_is_checked(tmp_path, n_blocks):
     res = runner.invoke(cli, ["genres", "train", "--model", "poster", "--fine-tune", str(n_blocks), "--labels", str(labels),
                               "--features", str(feats), "--out", str(tmp_path / "x.pt"), "--device", "cpu", "--quiet"])
     assert res.exit_code == 1 and "has 10 blocks" in res.output
+
+
+def test_serve_refuses_a_fine_tuned_model_at_load_with_advice(tuned):
+    from extract.core.errors import UserError
+    from retrieval.serve.engine import Engine
+
+    out = tuned[3]
+    with pytest.raises(UserError, match="fine-tuned poster model, which serve does not run"):
+        Engine._load_genres(object.__new__(Engine), str(out))  # the genre step of the engine's start-up

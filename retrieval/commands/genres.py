@@ -87,8 +87,8 @@ def _train_cfg(model, opts: dict, out: str | None = None):
 
     The sentence-encoder cache goes to ``cache/`` next to ``out`` (or in the workspace).
     """
-    kw = {k: opts.pop(k) for k in _TRAIN_KEYS}
-    kw["descriptor_path"] = kw.pop("text_encoder")
+    kw = {k: opts.pop(k) for k in _TRAIN_KEYS if k in opts}  # an option left out keeps the GenreConfig default
+    kw["descriptor_path"] = kw.pop("text_encoder", None)
     cache = Path(out).parent / "cache" if out else workspace_path("cache")
     return _genre_config(model=model, text_cache=str(cache), **kw)
 
