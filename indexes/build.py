@@ -4,9 +4,11 @@ Row ``i`` of the index is row ``i`` of the feature file's ``ids``. Features are 
 to the index block by block, so memory holds the index plus one block (and the training sample), never
 a second full copy of the features.
 
-``factory="auto"`` picks a kind under a memory budget and a latency budget (:mod:`indexes.choose`). Of the
-budget, 60% goes to the index and the rest to the training sample (25%) and the feature blocks being
-added (10%), so a build over a feature file bigger than memory stays within ``memory_budget``.
+``factory="auto"`` picks a kind under a memory budget and a latency budget (:mod:`indexes.choose`; with a
+latency budget the best few candidates are built and measured, :mod:`indexes.compare`). Of the budget, 60%
+goes to the index and the ids a searching collection holds (packed, :mod:`extract.core.ids`), the rest to
+the training sample (25%) and the feature blocks being added (10%), so a build over a feature file bigger
+than memory stays within ``memory_budget``.
 
 Approximate indexes are calibrated on held-out queries: stored vectors searched with their own row left
 out of both the exact and the approximate answer (the question a fresh query asks), and the smallest
@@ -33,6 +35,7 @@ from indexes.choose import (
     REFINE_CANDIDATES,
     choose,
     estimate_bytes,
+    ids_bytes,
     n_lists,
 )
 from indexes.exact import METRICS, faiss_metric, recall_at
@@ -80,10 +83,11 @@ class IndexConfig:
 
 
 def auto_factory(n: int, d: int, memory_budget: int = DEFAULT_BUDGET, max_query_ms: float | None = None,
-                 train_rows: int | None = None) -> str:
-    """The ``auto`` factory string for ``n`` x ``d`` vectors: the index gets ``INDEX_SHARE`` of
-    ``memory_budget``; IVF lists are limited to one per 39 training rows (``train_rows``)."""
-    factory = choose(n, d, int(memory_budget * INDEX_SHARE), max_query_ms).factory
+                 train_rows: int | None = None, id_bytes: int = 0) -> str:
+    """The ``auto`` factory string for ``n`` x ``d`` vectors: the index and the collection's ids in memory
+    (``id_bytes``) get ``INDEX_SHARE`` of ``memory_budget``; IVF lists are limited to one per 39 training
+    rows (``train_rows``)."""
+    factory = choose(n, d, int(memory_budget * INDEX_SHARE), max_query_ms, id_bytes).factory
     if train_rows is not None and "IVF" in factory:
         k = int(re.search(r"IVF(\d+)", factory).group(1))
         fit = n_lists(min(n, train_rows))
@@ -139,11 +143,21 @@ class BuiltIndex:
     meta: dict
 
 
-def resolve_factory(n: int, d: int, config: IndexConfig) -> str:
-    """The factory string to build: ``config.factory``, or the ``auto`` choice for ``n`` x ``d``."""
+def resolve_factory(n: int, d: int, config: IndexConfig, id_bytes: int = 0) -> str:
+    """The factory string to build: ``config.factory``, or the modelled ``auto`` choice for ``n`` x ``d``."""
     if config.factory != "auto":
         return config.factory
-    return auto_factory(n, d, config.memory_budget, config.max_query_ms, min(config.train_size, train_rows(d, config)))
+    return auto_factory(n, d, config.memory_budget, config.max_query_ms, min(config.train_size, train_rows(d, config)),
+                        id_bytes)
+
+
+def _compared(ff, config: IndexConfig, id_bytes: int) -> tuple[str | None, list | None]:
+    """Under a latency budget, the ``auto`` kind measured among the best candidates (:mod:`indexes.compare`)."""
+    if config.factory != "auto" or config.max_query_ms is None or len(ff) <= FLAT_MAX_N:
+        return None, None
+    from indexes.compare import compare_candidates
+
+    return compare_candidates(ff, config, int(config.memory_budget * INDEX_SHARE), id_bytes, make_index)
 
 
 def build_index(
@@ -158,8 +172,10 @@ def build_index(
     n, d = len(ff), ff.dim
     if n == 0:
         raise UserError(f"{ff.path} holds no feature rows; nothing to index")
-    factory = resolve_factory(n, d, config)
+    id_bytes = ids_bytes(ff)
     t0 = time.perf_counter()
+    factory, compared = _compared(ff, config, id_bytes)
+    factory = factory or resolve_factory(n, d, config, id_bytes)
     index = make_index(factory, d, config.metric)
     try:
         estimate = estimate_bytes(factory, n, d)["total"]
@@ -167,7 +183,9 @@ def build_index(
         estimate = None
     log.info("building %s over %d x %d features (%s)%s", factory, n, d, config.metric,
              f"; about {estimate / 2**20:,.0f} MiB" if estimate else "")
+    t_train = time.perf_counter()
     train_n = 0 if index.is_trained else train(index, ff, factory, config)
+    train_seconds = time.perf_counter() - t_train
     calib = None
     if tunable_parameter(index) is not None and n > 1:
         rows = sample_rows(n, config.calibration_queries, config.seed + 1)
@@ -194,7 +212,11 @@ def build_index(
         "d": int(d),
         "build_seconds": round(build_seconds, 3),
         "train_size": train_n,
+        "train_seconds": round(train_seconds, 3),
         "estimated_bytes": estimate,
+        "estimated_memory": {"index": estimate, "ids": id_bytes,
+                             "total": None if estimate is None else estimate + id_bytes},
+        "candidates": compared,
         "search_params": search_params,
         "calibration": calibration,
         "index_config": {k: v for k, v in asdict(config).items() if k != "search_params"},
@@ -225,7 +247,8 @@ def build_index_dir(
     """
     check_writable(out_dir)
     ff = open_source(features)
-    action, reason, previous = plan_update(out_dir, ff, config, resolve_factory(len(ff), ff.dim, config)) if incremental else ("built", "", None)
+    factory = resolve_factory(len(ff), ff.dim, config, ids_bytes(ff))
+    action, reason, previous = plan_update(out_dir, ff, config, factory) if incremental else ("built", "", None)
     if action == "unchanged":
         return dict(previous.meta, update={"action": action, "reason": reason, "rows_before": previous.meta["n"]})
     if action == "added":

@@ -57,7 +57,8 @@ def plan_update(out_dir: str | os.PathLike, ff, config, factory: str) -> tuple[s
         return "rebuilt", f"the index holds {meta['d']}-d vectors, {ff.path} {ff.dim}-d ones", prev
     if changed:
         return "rebuilt", "options changed (" + ", ".join(f"{k} {old_cfg[k]} -> {getattr(config, k)}" for k in changed) + ")", prev
-    if factory != meta["factory"]:
+    measured = config.factory == "auto" and bool(meta.get("candidates"))  # chosen by measurement, not the model
+    if factory != meta["factory"] and not measured:
         why = "the auto choice" if config.factory == "auto" else "--index"
         return "rebuilt", f"{why} for {len(ff)} rows is {factory}, the index is {meta['factory']}", prev
     if len(ff) == meta["n"] and ff.fingerprint == meta["features"]["fingerprint"]:

@@ -60,7 +60,13 @@ def format_build(out_dir, meta: dict) -> str:
         return (f"{out_dir}: added {meta['n'] - upd['rows_before']} new rows to the existing index "
                 f"({upd['rows_before']} -> {meta['n']}) in {meta.get('add_seconds', 0):.1f} s; {what}")
     head = f"rebuilt ({upd['reason']})" if action == "rebuilt" else "built"
-    return f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
+    line = f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
+    compared = meta.get("candidates") or []
+    if compared:
+        line += f"\ncandidates compared on {compared[0]['rows']} rows (query times projected to {meta['n']}):"
+        line += "".join(f"\n  {'*' if c['chosen'] else ' '} {c['factory']}: {c['bytes'] / 2**20:,.0f} MiB, recall@10 "
+                        f"{c['recall']:.3f} at {c['parameter']}, {c['query_ms']:.2f} ms" for c in compared)
+    return line
 
 
 @index.command("info")
@@ -147,7 +153,11 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 @click.option("--scaling-kind", default="auto", show_default=True,
               help="Index kind of the scaling part: auto, or a factory string where {nlist} is the guideline's list count.")
 @click.option("--max-query-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Latency budget of the auto index in the scaling part.")
+              help="Latency budget of the auto index in the scaling part (candidates are then compared by measurement).")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Recall@10 the speed and scaling parts report the cheapest operating point for.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder where the scaling part writes its synthetic vectors once (.npy) and reads them back.")
 @click.option("--real-features", type=click.Path(exists=True, dir_okay=False),
               help="A real feature file whose PCA spectrum is compared with the synthetic vectors'.")
 @click.option("--cold", is_flag=True, help="Time fresh `cli.py search` processes on --index/--model.")
@@ -156,8 +166,8 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG (rank histograms, recall vs latency).")
 @click.option("--json", "as_json", is_flag=True)
 def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, train_size, scaling,
-                     scaling_budget, scaling_kind, max_query_ms, real_features, cold, index_dir, plot_path,
-                     as_json) -> None:
+                     scaling_budget, scaling_kind, max_query_ms, target_recall, data_dir, real_features, cold, index_dir,
+                     plot_path, as_json) -> None:
     """Retrieval quality through an index, speed/recall of index kinds, scaling, and cold-start time."""
     import json
 
@@ -169,10 +179,10 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
     if captions:
         quality = {"features": features, "captions": list(captions), "model": model, "factory": quality_index}
     speed = {"n": n, "d": dim, "factories": list(kinds) or default_kinds(n, dim), "nq": nq, "n_single": single,
-             "train_size": train_size} if n else None
+             "train_size": train_size, "target": target_recall} if n else None
     sizes = [int(s) for s in scaling.split(",") if s.strip()]
     scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size,
-             "kind": scaling_kind, "max_query_ms": max_query_ms} if sizes else None
+             "kind": scaling_kind, "max_query_ms": max_query_ms, "target": target_recall, "cache_dir": data_dir} if sizes else None
     cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
     report = run(quality, speed, scale, cold_args, plot_path, real_features)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
