@@ -179,3 +179,32 @@ def test_predict_refuses_features_without_a_recorded_backbone(tmp_path, movies):
     _poster(img, (10, 20, 30))
     result = runner.invoke(cli, ["genres", "predict", str(ckpt), "--poster", str(img)])
     assert result.exit_code == 1 and "record no backbone" in result.output and "Traceback" not in result.output
+
+
+def test_text_only_dataset_in_every_command_without_any_feature_file(tmp_path, monkeypatch):
+    """A label file with overviews and no posters: train, evaluate, predict and benchmark need no --features."""
+    labels, _, _ = write_movies(tmp_path, n=200)
+    (tmp_path / "posters.h5").unlink()
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)  # no workspace, no posters.h5
+    runner = CliRunner()
+    ckpt = work / "t.pt"
+    out = _ok(runner.invoke(cli, ["genres", "train", "--labels", str(labels), "--model", "text", "--out", str(ckpt),
+                                  "--quiet", "--device", "cpu", *FAST]))
+    assert "test: n=" in out
+    report = json.loads(_ok(runner.invoke(cli, ["genres", "evaluate", str(ckpt), "--labels", str(labels), "--json"])))
+    assert report["n"] > 0 and report["model"] == "text"
+    out = _ok(runner.invoke(cli, ["genres", "predict", str(ckpt), "--overview", "terroruno terrordos", "--top", "5"]))
+    from retrieval.genre.checkpoint import load_classifier
+
+    clf = load_classifier(ckpt)
+    expected = clf.predict_proba(None, ["terroruno terrordos"])[0]
+    got = {line.split()[0]: float(line.split()[1]) for line in out.strip().splitlines()}
+    assert got == {g: pytest.approx(float(p), abs=1e-3) for g, p in zip(clf.genres, expected)}
+    result = json.loads(_ok(runner.invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--json",
+                                                "--device", "cpu", *FAST])))
+    text = next(r for r in result["rows"] if r["model"] == "text")
+    assert text["decision"].split(" ")[0] in ("global", "thresholds", "top-1", "top-2", "top-3")  # the rule chosen on val
+    result = runner.invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--test-fraction", "0"])
+    assert result.exit_code == 1 and "leaves no test movies" in result.output and "--test-fraction" in result.output

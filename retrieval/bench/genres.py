@@ -150,15 +150,16 @@ def format_benchmark(result: dict) -> str:
     n = result["n"]
     rep = result.get("repeats", 1)
     w = 13 if rep > 1 else 8
+    iw = max([22] + [len(r["inputs"]) + 1 for r in result["rows"]])
     lines = [
         (f"genre benchmark: {len(result['genres'])} genres; train {n['train']}, val {n['val']}, test {n['test']} movies; "
          f"{rep} repeat{'s' if rep > 1 else ''} (figures on test{', mean±sd' if rep > 1 else ''}; decision rules from val)"),
-        (f"{'model':<14} {'inputs':<22} {'micro-F1':>{w}} {'macro-F1':>{w}} {'samples-F1':>{w}} {'hamming':>{w + 1}} "
+        (f"{'model':<14} {'inputs':<{iw}} {'micro-F1':>{w}} {'macro-F1':>{w}} {'samples-F1':>{w}} {'hamming':>{w + 1}} "
         f"{'train s':>8}  decision"),
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['model']:<14} {r['inputs']:<22} {_cell(r, 'micro_f1'):>{w}} {_cell(r, 'macro_f1'):>{w}} "
+            f"{r['model']:<14} {r['inputs']:<{iw}} {_cell(r, 'micro_f1'):>{w}} {_cell(r, 'macro_f1'):>{w}} "
             f"{_cell(r, 'samples_f1'):>{w}} {_cell(r, 'hamming_loss', 4 if rep == 1 else 3):>{w + 1}} "
             f"{r['train_s']:8.2f}  {r['decision']}"
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from retrieval.commands.common import Group, workspace_path
-from retrieval.genre.inputs import TEXT_DESCRIPTORS
+from retrieval.genre.inputs import TEXT_DESCRIPTORS, check_descriptor
 from retrieval.genre.kinds import MODEL_KINDS
 
 
@@ -38,9 +38,20 @@ def _genre_data_options(f):
     return f
 
 
+def _descriptor_option(ctx, param, value):
+    from extract.core.errors import UserError
+
+    try:
+        return check_descriptor(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _genre_train_options(f):
     for decl, kw in reversed([
-        ("--descriptor", {"type": click.Choice(TEXT_DESCRIPTORS), "default": "tfidf", "show_default": True, "help": "Overview descriptor."}),
+        ("--descriptor", {"default": "tfidf", "show_default": True, "callback": _descriptor_option,
+                          "help": f"Overview descriptor: {', '.join(TEXT_DESCRIPTORS)}, or several joined with + "
+                                  "(e.g. e5-small+tfidf: the blocks side by side)."}),
         ("--text-encoder", {"type": click.Path(exists=True), "default": None, "help": "Vectors (centroid) or text regressor checkpoint (regressor)."}),
         ("--hidden", {"type": int, "default": 256, "show_default": True, "help": "Hidden units (0 = linear head)."}),
         ("--dropout", {"type": float, "default": 0.3, "show_default": True}),
@@ -55,6 +66,10 @@ def _genre_train_options(f):
                            "help": "Validation positives at which a genre's own threshold weighs as much as the global one."}),
         ("--val-fraction", {"type": click.FloatRange(0, 1, max_open=True), "default": 0.1, "show_default": True}),
         ("--test-fraction", {"type": click.FloatRange(0, 1, max_open=True), "default": 0.1, "show_default": True}),
+        ("--folds", {"type": click.IntRange(0), "default": 0, "show_default": True,
+                     "help": "0: one model, early-stopped on the validation split. K >= 2: an ensemble of K models, each "
+                             "trained on train+val outside one fold and early-stopped on it; the decision rule is chosen "
+                             "on their out-of-fold probabilities and predictions average the K."}),
         ("--seed", {"type": int, "default": 0, "show_default": True, "help": "Seed for the split and training."}),
         ("--device", {"default": "auto", "show_default": True, "help": "auto, cpu or cuda."}),
     ]):
@@ -64,7 +79,7 @@ def _genre_train_options(f):
 
 _TRAIN_KEYS = ("descriptor", "text_encoder", "hidden", "dropout", "epochs", "batch_size", "lr", "weight_decay",
                "pos_weight", "min_support", "val_fraction", "test_fraction", "seed", "text_field", "id_column",
-               "genres_column")
+               "genres_column", "folds")
 
 
 def _train_cfg(model, opts: dict, out: str | None = None):
@@ -72,8 +87,8 @@ def _train_cfg(model, opts: dict, out: str | None = None):
 
     The sentence-encoder cache goes to ``cache/`` next to ``out`` (or in the workspace).
     """
-    kw = {k: opts.pop(k) for k in _TRAIN_KEYS}
-    kw["descriptor_path"] = kw.pop("text_encoder")
+    kw = {k: opts.pop(k) for k in _TRAIN_KEYS if k in opts}  # an option left out keeps the GenreConfig default
+    kw["descriptor_path"] = kw.pop("text_encoder", None)
     cache = Path(out).parent / "cache" if out else workspace_path("cache")
     return _genre_config(model=model, text_cache=str(cache), **kw)
 
@@ -118,6 +133,8 @@ def genres_train(features, labels, allow_pickle, genre_ids, model, fine_tune, ou
     if fine_tune:
         if model != "poster":
             raise click.BadParameter("fine-tuning trains a poster backbone: use it with --model poster", param_hint="--fine-tune")
+        if cfg.folds:
+            raise click.BadParameter("fine-tuning trains one backbone: leave --folds at 0", param_hint="--fine-tune")
         from retrieval.genre.finetune import finetune_and_save
 
         click.echo(finetune_and_save(labels, _features_default(features, True), cfg, fine_tune, out, device=device,
@@ -139,7 +156,11 @@ def genres_train(features, labels, allow_pickle, genre_ids, model, fine_tune, ou
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def genres_evaluate(ckpt, features, labels, text_field, id_column, genres_column, allow_pickle, genre_ids, split, top_k,
                     as_json) -> None:
-    """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table."""
+    """Score a genre model: micro/macro/samples F1, subset accuracy, hamming loss, per-genre table.
+
+    A fine-tuned poster model (`genres train --fine-tune N`) runs its own backbone on the poster images of the
+    feature file (its image root and ids; default: the training one).
+    """
     import json
 
     from retrieval.genre.checkpoint import evaluate, load_classifier
@@ -158,7 +179,10 @@ def genres_evaluate(ckpt, features, labels, text_field, id_column, genres_column
 @click.option("--top", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def genres_predict(ckpt, poster, overview, top, device) -> None:
-    """Print a movie's most probable genres (* = chosen by the model's validation decision rule)."""
+    """Print a movie's most probable genres (* = chosen by the model's validation decision rule).
+
+    Poster models embed --poster with the backbone of their training features; a fine-tuned one with its own.
+    """
     from retrieval.genre.checkpoint import load_classifier, predict_movie
 
     for g in predict_movie(load_classifier(ckpt), poster, overview, top, device):
@@ -169,7 +193,8 @@ def genres_predict(ckpt, poster, overview, top, device) -> None:
 @_genre_data_options
 @_genre_train_options
 @click.option("--models", default=",".join(MODEL_KINDS), show_default=True, help="Comma-separated model kinds.")
-@click.option("--descriptors", default="tfidf", show_default=True, help="Comma-separated text descriptors.")
+@click.option("--descriptors", default="tfidf", show_default=True,
+              help="Comma-separated text descriptors (each may join several with +, e.g. tfidf,e5-small+tfidf).")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Repeat with split seeds SEED..SEED+N-1 and report mean ± sd.")
 @click.option("--fine-tune", type=click.IntRange(1), default=None,
@@ -200,10 +225,8 @@ def genres_benchmark(features, labels, allow_pickle, genre_ids, models, descript
     if bad:
         raise click.BadParameter(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(MODEL_KINDS)}", param_hint="--models")
     descs = tuple(d.strip() for d in descriptors.split(",") if d.strip())
-    bad = [d for d in descs if d not in TEXT_DESCRIPTORS]
-    if bad:
-        raise click.BadParameter(f"unknown descriptor(s) {', '.join(bad)}; choose from {', '.join(TEXT_DESCRIPTORS)}",
-                                 param_hint="--descriptors")
+    for d in descs:
+        _descriptor_option(None, None, d)
     features = _features_default(features, any(k != "text" for k in kinds))
     if features is not None and not os.path.exists(features):
         if all(k == "text" for k in kinds):

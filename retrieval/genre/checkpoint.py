@@ -102,13 +102,14 @@ class GenreClassifier:
         return Path(path)
 
 
-def load_classifier(path: str | os.PathLike) -> GenreClassifier:
-    """Load a checkpoint written by :meth:`GenreClassifier.save`."""
+def load_classifier(path: str | os.PathLike):
+    """Load a checkpoint written by :meth:`GenreClassifier.save` (a :class:`GenreClassifier`) or by
+    ``genres train --fine-tune`` (a :class:`retrieval.genre.tuned.FineTunedPoster`)."""
     import torch
 
     from retrieval.genre.config import GenreConfig
     from retrieval.genre.inputs import text_input_from_state
-    from retrieval.genre.models import GenreNet
+    from retrieval.genre.models import EnsembleNet, GenreNet
 
     path = Path(path)
     if not path.is_file():
@@ -119,11 +120,21 @@ def load_classifier(path: str | os.PathLike) -> GenreClassifier:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot read {path} as a genre checkpoint ({type(exc).__name__}: {first}); pass a file "
                         "written by `cli.py genres train`") from None
+    from retrieval.genre.tuned import FORMAT as FINETUNED
+
+    if isinstance(blob, dict) and blob.get("format") == FINETUNED:
+        from retrieval.genre.tuned import load_finetuned
+
+        return load_finetuned(blob, path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise UserError(f"{path} is not a genre checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r}, expected {FORMAT})")
+        raise UserError(f"{path} is not a genre checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r}, "
+                        f"expected {FORMAT} or {FINETUNED})")
     cfg = GenreConfig(**blob["config"])
     dims = blob["dims"]
-    net = GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout)
+    def member():
+        return GenreNet(cfg.model, len(blob["genres"]), dims["poster"], dims["text"], cfg.hidden, cfg.dropout)
+
+    net = EnsembleNet([member() for _ in range(cfg.folds)]) if cfg.folds else member()
     net.load_state_dict(blob["state_dict"])
     net.eval()
     desc = text_input_from_state(blob["descriptor"]) if blob["descriptor"] is not None else None
@@ -154,7 +165,10 @@ def evaluate(
     (``text_field``, ``id_column``, ``genres_column``).
     """
     from retrieval.genre.data import joined, read_label_set
+    from retrieval.genre.tuned import FineTunedPoster, evaluate_finetuned
 
+    if isinstance(clf, FineTunedPoster):
+        return evaluate_finetuned(clf, labels_path, features_path, split, k, allow_pickle, device, genre_ids, columns)
     labels_path = labels_path or clf.labels_path
     if features_path is None and clf.uses_poster:
         features_path = (clf.features or {}).get("path")
@@ -187,17 +201,23 @@ def evaluate(
 
 
 def predict_movie(
-    clf: GenreClassifier, poster: str | None = None, overview: str | None = None, top: int = 3, device: str = "auto"
+    clf, poster: str | None = None, overview: str | None = None, top: int = 3, device: str = "auto"
 ) -> list[dict]:
     """Top genres for one movie: ``[{"genre", "probability", "threshold", "predicted"}]``, most probable first.
 
-    The poster's features are extracted on the fly with the backbone recorded in the training features.
+    The poster's features are extracted on the fly with the backbone recorded in the training features; a
+    fine-tuned model (:class:`retrieval.genre.tuned.FineTunedPoster`) runs the poster through its own backbone.
     """
     from extract.core.devices import resolve_device
+    from retrieval.genre.tuned import FineTunedPoster
 
     device = resolve_device(device)
     feats = None
-    if clf.uses_poster:
+    if isinstance(clf, FineTunedPoster):
+        if poster is None:
+            raise UserError("this fine-tuned poster model needs --poster IMAGE")
+        probs = clf.predict_images([poster], device=device)[0]
+    elif clf.uses_poster:
         if poster is None:
             raise UserError(f"this {clf.cfg.model} model needs --poster IMAGE")
         try:
@@ -213,9 +233,10 @@ def predict_movie(
             why = failed[0][1] if failed and isinstance(failed[0], (tuple, list)) else failed
             raise UserError(f"cannot read poster {poster}: {why}")
         feats = np.asarray(feats, np.float32)
-    if clf.uses_text and not (overview or "").strip():
-        raise UserError(f"this {clf.cfg.model} model needs --overview TEXT")
-    probs = clf.predict_proba(feats, [overview or ""], device=device)[0]
+    if not isinstance(clf, FineTunedPoster):
+        if clf.uses_text and not (overview or "").strip():
+            raise UserError(f"this {clf.cfg.model} model needs --overview TEXT")
+        probs = clf.predict_proba(feats, [overview or ""], device=device)[0]
     order = np.argsort(-probs, kind="stable")[: max(1, top)]
     chosen = clf.decide(probs[None, :])[0]
     return [

@@ -36,6 +36,7 @@ class GenreConfig:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    folds: int = 0  # >= 2: cross-fitted ensemble of this many models over train+val (retrieval.genre.train.fit)
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
@@ -43,6 +44,8 @@ class GenreConfig:
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise UserError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} must be in [0, 1) "
                             "and leave some movies for training")
+        if self.folds == 1 or self.folds < 0:
+            raise UserError(f"--folds {self.folds}: use 0 (one model, early-stopped on validation) or at least 2")
         if self.pos_weight not in POS_WEIGHTS:
             try:
                 float(self.pos_weight)

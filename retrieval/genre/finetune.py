@@ -27,78 +27,9 @@ from extract.core.errors import UserError
 from retrieval.genre.config import GenreConfig
 from retrieval.genre.decision import choose_rule
 from retrieval.genre.metrics import multilabel_report
+from retrieval.genre.tuned import FORMAT, _loader, backbone_blocks, image_probabilities
 
 log = logging.getLogger(__name__)
-
-FORMAT = "buscador-genre-finetuned/1"
-
-
-def backbone_blocks(module) -> list:
-    """The backbone's blocks in forward order: containers (Sequential, ModuleList) are opened down to the
-    modules they hold; only blocks that take part in the forward pass (their parameters get a gradient) count."""
-    import torch
-    from torch import nn
-
-    def open_(m):
-        kids = [c for c in m.children() if any(True for _ in c.parameters())]
-        for child in kids:
-            if isinstance(child, (nn.Sequential, nn.ModuleList)) or (len(kids) == 1 and any(True for _ in child.children())):
-                yield from open_(child)  # a container, or a wrapper around one network
-            else:
-                yield child
-
-    blocks = list(open_(module))
-    was_training = module.training
-    module.eval()
-    module.zero_grad(set_to_none=True)
-    probe = next(module.parameters())
-    size = 64
-    module(torch.zeros(1, 3, size, size, device=probe.device, dtype=probe.dtype)).float().sum().backward()
-    used = [b for b in blocks if any(p.grad is not None for p in b.parameters())]
-    module.zero_grad(set_to_none=True)
-    module.train(was_training)
-    return used
-
-
-class _Posters:
-    """A torch Dataset of poster images -> ``(3, S, S) uint8`` tensors (augmented when ``train``)."""
-
-    def __init__(self, paths: list[str], preprocessing, train: bool, max_pixels: int):
-        from torchvision.transforms import v2
-
-        self.paths, self.preprocessing, self.train, self.max_pixels = paths, preprocessing, train, max_pixels
-        self.augment = v2.Compose([
-            v2.RandomResizedCrop(int(preprocessing.crop), scale=(0.6, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(0.2, 0.2, 0.2),
-        ])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        from extract.images import load_image, prepare_image
-
-        if not self.train:
-            arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels)
-            if arr is None:
-                raise UserError(f"cannot read poster {self.paths[i]}: {reason}")
-            return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), i
-        im, reason = load_image(self.paths[i], self.max_pixels)
-        if im is None:
-            raise UserError(f"cannot read poster {self.paths[i]}: {reason}")
-        x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        return self.augment(x), i
-
-
-def _loader(paths, preprocessing, train, max_pixels, batch_size, seed, workers):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(_Posters(paths, preprocessing, train, max_pixels), batch_size=batch_size, shuffle=train,
-                                       num_workers=workers, generator=gen)
 
 
 def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfig, blocks: int, device: str = "auto",
@@ -150,11 +81,7 @@ def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfi
 
     def probabilities(rows):
         set_mode(False)
-        out = []
-        with torch.no_grad():
-            for x, _ in _loader([paths[r] for r in rows], bb.preprocessing, False, max_pixels, cfg.batch_size, cfg.seed, workers):
-                out.append(torch.sigmoid(net(module(bb.normalize(x).contiguous()).flatten(1))).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, G), np.float32)
+        return image_probabilities(module, net, bb, [paths[r] for r in rows], G, max_pixels, cfg.batch_size, workers)
 
     best, best_state, stale, history = np.inf, None, 0, []
     epoch_seconds = []
@@ -229,7 +156,8 @@ def finetune_and_save(labels_path, features_path, cfg: GenreConfig, blocks: int,
     test = prep.rows("test")
     blob = {"format": FORMAT, "config": asdict(cfg), "genres": list(prep.labels.genres), "feature_config": config,
             "n_blocks": blocks, "head": res["head"], "blocks": res["blocks"], "decision": res["decision"].state(),
-            "history": res["history"], "labels_path": str(labels_path),
+            "history": res["history"], "labels_path": str(labels_path), "features": prep.features,
+            "no_train_positive": list(prep.no_train_positive),
             "split_ids": {s: [prep.labels.ids[i] for i in prep.rows(s)] for s in ("val", "test")}}
     with atomic_path(out) as tmp:
         torch.save(blob, tmp)

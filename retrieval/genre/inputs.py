@@ -7,6 +7,11 @@ an exported ``.kv`` set passed as ``path``), and the sentence encoders ``use-mul
 folder is given, with one progress bar over the texts it encodes). ``regressor`` is a trained text regressor
 checkpoint (``path``) mapping overviews into the 2048-d image space.
 
+Descriptors combine with ``+``: ``e5-small+tfidf`` is a :class:`CombinedInput` whose output is the blocks side by
+side, each standardised on the training overviews (sentence encoders and word-vector means per dimension; tf-idf
+as it is, already l2-normalised) and scaled to a mean squared row norm of 1, so no block drowns the others
+whatever its dimension.
+
 :meth:`TextInput.state` is plain lists, tensors and strings, so genre checkpoints load with
 ``torch.load(weights_only=True)``; :func:`text_input_from_state` rebuilds the fitted input.
 """
@@ -28,6 +33,18 @@ TEXT_DESCRIPTORS = (*DESCRIPTOR_KINDS, "regressor")
 VECTOR_KINDS = ("centroid", "centroid-tfidf")
 UNSCALED_KINDS = ("tfidf",)  # sparse, already l2-normalised: not standardised per dimension
 TFIDF_OPTIONS = {"ngrams": 1, "max_features": 20000}
+
+
+def check_descriptor(name: str) -> str:
+    """``name`` if it is a descriptor or a ``+``-combination of different ones, else a :class:`UserError`."""
+    parts = name.split("+")
+    bad = [p for p in parts if p not in TEXT_DESCRIPTORS]
+    if bad or not name:
+        raise UserError(f"unknown text descriptor {', '.join(bad) or name!r}; choose one of {', '.join(TEXT_DESCRIPTORS)} "
+                        "or join several with + (e.g. e5-small+tfidf)")
+    if len(set(parts)) != len(parts):
+        raise UserError(f"descriptor {name!r} names the same part twice")
+    return name
 
 
 def _to_plain(arrays: dict[str, np.ndarray]) -> dict:
@@ -115,8 +132,72 @@ class TextInput:
                 "identity": self._identity(), "arrays": _to_plain(arrays)}
 
 
-def text_input_from_state(state: dict) -> TextInput:
-    """Rebuild a fitted :class:`TextInput`; refuses vectors, encoders or regressors other than the saved ones."""
+class CombinedInput:
+    """Several descriptors side by side (``kind`` = their names joined by ``+``), each block standardised and
+    scaled on the training overviews to a mean squared row norm of 1."""
+
+    fitted_on_texts = True
+    standardize = False  # already standardised per block; the model applies one overall scale
+
+    def __init__(self, kind: str, path: str | None = None, cache: str | None = None, progress: bool = False):
+        names = check_descriptor(kind).split("+")
+        needs_path = [n for n in names if n in (*VECTOR_KINDS, "regressor")]
+        if len(needs_path) > 1:
+            raise UserError(f"descriptor {kind!r} combines {' and '.join(needs_path)}, which would both need --text-encoder")
+        self.kind, self.path, self.cache = kind, path, cache
+        self.parts = [TextInput(n, path if n in needs_path else None, cache, progress) for n in names]
+        self.mean: list[np.ndarray] = []
+        self.std: list[np.ndarray] = []
+        self.scale: list[float] = []
+
+    @property
+    def dim(self) -> int:
+        return sum(p.dim for p in self.parts)
+
+    def fit(self, texts: list[str]) -> CombinedInput:
+        self.mean, self.std, self.scale = [], [], []
+        for part in self.parts:
+            x = part.fit(texts).transform(texts).astype(np.float64)
+            per_dim = part.standardize and len(x) > 1
+            mean = x.mean(axis=0) if per_dim else np.zeros(x.shape[1])
+            std = np.maximum(x.std(axis=0), 1e-6) if per_dim else np.ones(x.shape[1])
+            norm = float(np.sqrt((((x - mean) / std) ** 2).sum(axis=1).mean())) if len(x) else 0.0
+            self.mean.append(mean.astype(np.float32))
+            self.std.append(std.astype(np.float32))
+            self.scale.append(1.0 / norm if norm > 0 else 1.0)
+        return self
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        """``(n, dim) float32``: the standardised, scaled blocks of every part, in the order of ``kind``."""
+        texts = list(texts)
+        blocks = [(p.transform(texts) - m) / s * np.float32(c) for p, m, s, c in zip(self.parts, self.mean, self.std, self.scale)]
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "cache": self.cache, "dim": self.dim,
+                "parts": [p.state() for p in self.parts], "scale": [float(c) for c in self.scale],
+                "arrays": _to_plain({**{f"mean{i}": m for i, m in enumerate(self.mean)},
+                                     **{f"std{i}": s for i, s in enumerate(self.std)}})}
+
+
+def make_text_input(kind: str, path: str | None = None, cache: str | None = None, progress: bool = False):
+    """A :class:`TextInput`, or a :class:`CombinedInput` for ``a+b`` names."""
+    if "+" in kind:
+        return CombinedInput(kind, path, cache, progress)
+    return TextInput(kind, path, cache, progress)
+
+
+def text_input_from_state(state: dict):
+    """Rebuild a fitted :class:`TextInput` or :class:`CombinedInput`; refuses vectors, encoders or regressors other
+    than the saved ones."""
+    if "parts" in state:
+        out = CombinedInput(state["kind"], state.get("path"), state.get("cache"))
+        out.parts = [text_input_from_state(p) for p in state["parts"]]
+        arrays = _from_plain(state["arrays"])
+        out.mean = [arrays[f"mean{i}"] for i in range(len(out.parts))]
+        out.std = [arrays[f"std{i}"] for i in range(len(out.parts))]
+        out.scale = [float(c) for c in state["scale"]]
+        return out
     out = TextInput(state["kind"], state.get("path"), state.get("cache"))
     saved = state["identity"]
     if out.kind in WORD_KINDS:

@@ -132,6 +132,20 @@ class GenreNet(nn.Module):
         return self.net(poster, text)
 
 
+class EnsembleNet(nn.Module):
+    """Several :class:`GenreNet` of one kind; ``forward`` gives the logit of their mean probability."""
+
+    def __init__(self, members: list[GenreNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.kind = members[0].kind
+        self.branch_logits: tuple[torch.Tensor, ...] = ()
+
+    def forward(self, poster: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(m(poster, text).float()) for m in self.members]).mean(dim=0)
+        return torch.logit(p.clamp(1e-7, 1 - 1e-7))
+
+
 class Batches:
     """Model inputs for row subsets as torch tensors on ``device``."""
 

@@ -20,7 +20,7 @@ from extract.core.errors import UserError
 from retrieval.genre.config import GenreConfig
 from retrieval.genre.data import read_label_set
 from retrieval.genre.decision import choose_rule
-from retrieval.genre.inputs import TextInput
+from retrieval.genre.inputs import TextInput, make_text_input
 from retrieval.genre.join import joined
 from retrieval.genre.labels import LabelSet
 from retrieval.genre.metrics import micro_f1, multilabel_report
@@ -126,7 +126,7 @@ def pos_weights(Y: np.ndarray, mode: str = "auto", cap: float = 10.0) -> np.ndar
 
 def text_inputs(prep: Prepared, cfg: GenreConfig, progress: bool = False) -> tuple[TextInput, np.ndarray]:
     """The overview descriptor of ``cfg`` fitted on the training movies and every movie's ``(n, d) float32`` input."""
-    descriptor = TextInput(cfg.descriptor, cfg.descriptor_path, cfg.text_cache, progress=progress)
+    descriptor = make_text_input(cfg.descriptor, cfg.descriptor_path, cfg.text_cache, progress=progress)
     descriptor.fit([prep.labels.texts[i] for i in prep.rows("train")])
     return descriptor, descriptor.transform(prep.labels.texts)
 
@@ -146,6 +146,8 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     from retrieval.genre.checkpoint import GenreClassifier
     from retrieval.genre.models import Batches, GenreNet, predict_logits, predict_proba
 
+    if cfg.folds:
+        return _fit_folds(prep, cfg, device, quiet, text)
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     labels = prep.labels
@@ -227,6 +229,47 @@ def fit(prep: Prepared, cfg: GenreConfig, device: str = "auto", writer=None, qui
     )
 
 
+def _fit_folds(prep: Prepared, cfg: GenreConfig, device: str, quiet: bool, text):
+    """A cross-fitted ensemble: ``cfg.folds`` models, model ``k`` trained on the train+val movies outside fold
+    ``k`` and early-stopped on fold ``k``; the decision rule is chosen on the out-of-fold probabilities of every
+    train+val movie (many more than the validation split alone), and predictions average the members'
+    probabilities. The test split is never used. The text descriptor is the one fitted on the training split."""
+    from dataclasses import replace
+
+    from retrieval.genre.checkpoint import GenreClassifier
+    from retrieval.genre.models import EnsembleNet
+
+    labels = prep.labels
+    pool = np.flatnonzero(prep.codes != 2)
+    if len(pool) < 2 * cfg.folds:
+        raise UserError(f"--folds {cfg.folds} needs at least {2 * cfg.folds} training and validation movies, not {len(pool)}")
+    fold = np.random.default_rng(cfg.seed).permutation(len(pool)) % cfg.folds
+    if cfg.model != "poster" and text is None:
+        text = text_inputs(prep, cfg, progress=not quiet)
+    oof = np.zeros((len(pool), len(labels.genres)), np.float32)
+    nets, history, seconds, clf = [], [], 0.0, None
+    for k in range(cfg.folds):
+        codes = prep.codes.copy()
+        codes[pool[fold != k]], codes[pool[fold == k]] = 0, 1
+        part = Prepared(labels, prep.poster, codes, prep.features, prep.no_train_positive)
+        clf = fit(part, replace(cfg, folds=0, seed=cfg.seed + 1000 * k), device=device, quiet=quiet, text=text)
+        held = pool[fold == k]
+        oof[fold == k] = clf.predict_proba(prep.poster[held] if clf.uses_poster else None,
+                                           [labels.texts[i] for i in held] if clf.uses_text else None)
+        nets.append(clf.net)
+        history += [{**h, "fold": k + 1} for h in clf.history]
+        seconds += clf.train_seconds
+    skip = np.array([g in prep.no_train_positive for g in labels.genres])
+    decision = choose_rule(oof, labels.Y[pool], cfg.min_support, seed=cfg.seed, skip=skip)
+    log.info("%s: %d-fold ensemble, %.1fs; decision rule %s", cfg.model, cfg.folds, seconds, decision.describe())
+    return GenreClassifier(
+        net=EnsembleNet(nets).eval(), cfg=cfg, genres=list(labels.genres), thresholds=decision.thresholds,
+        descriptor=clf.descriptor, features=prep.features, no_train_positive=list(prep.no_train_positive),
+        split_ids={s: [labels.ids[i] for i in prep.rows(s)] for s in ("val", "test")}, history=history,
+        train_seconds=seconds, dims=clf.dims, labels_path=labels.source, decision=decision,
+    )
+
+
 def train_and_save(
     labels_path: str | os.PathLike,
     features_path: str | os.PathLike | None,
@@ -253,7 +296,7 @@ def train_and_save(
     clf.save(out)
     lines = [f"saved {out}: {cfg.model} model, {len(clf.genres)} genres, {len(clf.history)} epochs, {clf.train_seconds:.1f}s",
              f"decision rule: {clf.decision.describe()}"]
-    for split in ("val", "test"):
+    for split in ("val", "test") if not cfg.folds else ("test",):  # a cross-fitted ensemble trains on val
         rows = prep.rows(split)
         if len(rows):
             poster = prep.poster[rows] if prep.poster is not None else None

@@ -188,6 +188,9 @@ class Engine:
 
         t0 = time.perf_counter()
         clf = load_classifier(path)
+        if not hasattr(clf, "predict_proba"):
+            raise UserError(f"{path} is a fine-tuned poster model, which serve does not run; serve a genre model trained "
+                            "on cached features (`cli.py genres train` without --fine-tune), or use `cli.py genres predict`")
         self.genre_embed = None
         if clf.uses_poster:
             config = (clf.features or {}).get("config", {})
