@@ -39,30 +39,37 @@ def _rss(field: str = "VmRSS") -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith(field)) / 1024
 
 
+def _build_work(features: Path, out: Path, config: IndexConfig, send) -> None:
+    # warm-up at the same block sizes: BLAS, OpenMP and HDF5 allocate their buffers on first use
+    ff = open_features(features)
+    warm = ArrayFeatures(ff.load(np.arange(min(len(ff), 3 * block_rows(ff.dim, config)))), name="synthetic:warm-up")
+    build_index_dir(warm, out.with_name(out.name + "-warm"), replace(config, factory="IVF8,Flat", on_disk=True),
+                    quiet=True)
+    del warm
+    reset_peak_rss()
+    base = _rss()
+    t0 = time.perf_counter()
+    meta = build_index_dir(features, out, config, quiet=True)
+    send.send({"seconds": time.perf_counter() - t0, "base_mib": base, "peak_mib": peak_rss_mib(),
+               "factory": meta["factory"], "storage": meta["storage"], "search_params": meta["search_params"],
+               "calibration": meta["calibration"]})
+
+
 def _build_in_child(features: Path, out: Path, config: IndexConfig) -> dict:
+    """Build in a spawned process (its peak RSS is the build's own; a forked child of a process that ran
+    OpenMP hangs in faiss's first parallel region)."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-
-    def work():
-        # warm-up at the same block sizes: BLAS, OpenMP and HDF5 allocate their buffers on first use
-        ff = open_features(features)
-        warm = ArrayFeatures(ff.load(np.arange(min(len(ff), 3 * block_rows(ff.dim, config)))), name="synthetic:warm-up")
-        build_index_dir(warm, out.with_name(out.name + "-warm"), replace(config, factory="IVF8,Flat", on_disk=True),
-                        quiet=True)
-        del warm
-        reset_peak_rss()
-        base = _rss()
-        t0 = time.perf_counter()
-        meta = build_index_dir(features, out, config, quiet=True)
-        send.send({"seconds": time.perf_counter() - t0, "base_mib": base, "peak_mib": peak_rss_mib(),
-                   "factory": meta["factory"], "storage": meta["storage"], "search_params": meta["search_params"],
-                   "calibration": meta["calibration"]})
-
-    proc = ctx.Process(target=work)
+    proc = ctx.Process(target=_build_work, args=(features, out, config, send))
     proc.start()
-    got = recv.recv()
+    send.close()
+    try:
+        got = recv.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the index build process died (exit code {proc.exitcode})") from None
     proc.join()
     return got
 

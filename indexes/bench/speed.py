@@ -178,24 +178,30 @@ def reset_peak_rss() -> None:
         log.debug("cannot reset the peak RSS; the figure includes the parent's memory at fork")
 
 
+def _child_work(fn, args, conn) -> None:
+    reset_peak_rss()
+    try:
+        conn.send((fn(*args), peak_rss_mib(), None))
+    except (UserError, RuntimeError, MemoryError, ValueError) as exc:  # reported to the parent
+        conn.send((None, peak_rss_mib(), f"{type(exc).__name__}: {exc}"))
+
+
 def _in_child(fn, *args):
-    """Run ``fn(*args)`` in a forked process and return ``(result, its peak RSS in MiB)``, so each
-    measurement's peak memory is its own."""
+    """Run ``fn(*args)`` (a module-level function) in a fresh process and return ``(result, its peak RSS in
+    MiB)``, so each measurement's peak memory is its own. The process is spawned, not forked: a child forked
+    after the parent ran OpenMP (faiss) hangs in its first parallel region."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-
-    def work():
-        reset_peak_rss()
-        try:
-            child.send((fn(*args), peak_rss_mib(), None))
-        except (UserError, RuntimeError, MemoryError, ValueError) as exc:  # reported to the parent
-            child.send((None, peak_rss_mib(), f"{type(exc).__name__}: {exc}"))
-
-    proc = ctx.Process(target=work)
+    proc = ctx.Process(target=_child_work, args=(fn, args, child))
     proc.start()
-    result, rss, error = parent.recv()
+    child.close()
+    try:
+        result, rss, error = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the measuring process died (exit code {proc.exitcode})") from None
     proc.join()
     if error:
         raise RuntimeError(error)
