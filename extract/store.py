@@ -44,6 +44,7 @@ import numpy as np
 
 from extract.core.errors import UserError
 from extract.core.files import atomic_path
+from extract.core.ids import PackedIds
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class FeatureFile:
     """A validated, opened-for-reading feature file. ``ids[i]`` names row ``i`` of the features."""
 
     path: Path
-    ids: list[str]
+    ids: Sequence[str]  # a PackedIds when opened from a file
     dim: int
     config: dict
     fingerprint: str
@@ -203,7 +204,9 @@ class FeatureFile:
             order = np.argsort(rows, kind="stable")
             sorted_rows = rows[order]
             uniq, inverse = np.unique(sorted_rows, return_inverse=True)
-            block = ds[uniq.tolist()]
+            block = ds[uniq.tolist()].astype(np.float32, copy=False)
+            if uniq.size == rows.size and np.array_equal(order, np.arange(rows.size)):
+                return block  # sorted distinct rows (a training sample): no second and third copy
             out = np.empty((rows.size, self.dim), np.float32)
             out[order] = block[inverse]
             return out
@@ -279,6 +282,14 @@ def _read_sources(f: h5py.File, group: str, n: int) -> list[SourceStat]:
     return list(zip(g["size"][...].tolist(), g["mtime_ns"][...].tolist(), shas))
 
 
+def _read_ids(ds: h5py.Dataset) -> PackedIds:
+    """The ``/ids`` dataset packed (:class:`PackedIds`), read in blocks so no full list of strings is made."""
+    step = 65536
+    ids = PackedIds.from_encoded(ds[start : start + step] for start in range(0, ds.shape[0], step))
+    ids.check_utf8()
+    return ids
+
+
 def open_features(path: str | os.PathLike) -> FeatureFile:
     """Open and validate a feature file; a missing, malformed or inconsistent file is a :class:`UserError`.
 
@@ -296,7 +307,7 @@ def open_features(path: str | os.PathLike) -> FeatureFile:
             ds = f["features"]
             if ds.ndim != 2:
                 raise UserError(f"{path}: /features must be 2-D (N, D), found shape {ds.shape}")
-            ids = [s for s in f["ids"].asstr()[...]]
+            ids = _read_ids(f["ids"])
             if len(ids) != ds.shape[0]:
                 raise UserError(f"{path}: {len(ids)} ids but {ds.shape[0]} feature rows; the file is damaged, re-create it")
             config = json.loads(f.attrs.get("config", "{}"))

@@ -64,10 +64,17 @@ class Calibration:
             faiss.omp_set_num_threads(before)
         return float(np.median(times)) * 1e3
 
-    def tune(self, index, target: float, max_query_ms: float | None = None) -> tuple[dict, dict]:
-        """``(search_params, report)``: the chosen parameter (applied to ``index``) and what it reaches."""
+    def tune(self, index, target: float, max_query_ms: float | None = None, ms_scale=None,
+             warn: bool = True) -> tuple[dict, dict]:
+        """``(search_params, report)``: the chosen parameter (applied to ``index``) and what it reaches.
+
+        ``ms_scale(value)``, when given, multiplies the measured time of a query at that value (e.g. to
+        project a sample index's time to the full size, see :mod:`indexes.compare`)."""
         name, values = tunable_parameter(index)
         recalls: dict[int, float] = {}
+
+        def timed(value: int) -> float:
+            return self.query_ms(index) * (ms_scale(value) if ms_scale else 1.0)
 
         def at(value: int) -> float:
             set_search_params(index, coupled_params(name, value, index))
@@ -77,7 +84,7 @@ class Calibration:
 
         chosen = next((v for v in values if at(v) >= target), values[-1])
         at(chosen)
-        ms = self.query_ms(index)
+        ms = timed(chosen)
         within = True
         if max_query_ms is not None and ms > max_query_ms:
             lo, hi = 0, values.index(chosen) - 1  # largest value under the budget, by bisection
@@ -85,7 +92,7 @@ class Calibration:
             while lo <= hi:
                 mid = (lo + hi) // 2
                 at(values[mid])
-                t = self.query_ms(index)
+                t = timed(values[mid])
                 if t <= max_query_ms:
                     best, lo = (values[mid], t), mid + 1
                 else:
@@ -97,8 +104,8 @@ class Calibration:
             else:  # nothing is fast enough: the fastest value
                 chosen = values[0]
                 at(chosen)
-                ms = self.query_ms(index)
-            log.warning("recall@%d %.2f needs %s=%d (%.1f ms a query) but --max-query-ms is %g; using %s=%d (%.1f ms)",
+                ms = timed(chosen)
+            (log.warning if warn else log.debug)("recall@%d %.2f needs %s=%d (%.1f ms a query) but --max-query-ms is %g; using %s=%d (%.1f ms)",
                         self.k, target, name, wanted, wanted_ms, max_query_ms, name, chosen, ms)
         params = coupled_params(name, chosen, index)
         set_search_params(index, params)

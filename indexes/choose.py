@@ -4,7 +4,8 @@ Memory counts everything a loaded index holds (faiss's own layout, checked again
 tests): the codes, 8 bytes of id per vector in IVF lists, the coarse quantizer (``K * d' * 4`` bytes, plus
 its HNSW graph), the PCA/OPQ matrices (PCA keeps the full ``d x d`` eigenvectors too), the PQ/SQ codebooks, an HNSW graph (about ``2 * M * 4 * 1.05``
 bytes per vector, levels and offsets included), a re-ranking stage's vectors, and a direct map (8 bytes
-per vector) where one is made.
+per vector) where one is made. The budget also holds the feature ids a searching collection keeps
+(:func:`ids_bytes`: packed, their UTF-8 bytes plus 5 bytes each).
 
 Candidates, best recall first (``K`` IVF lists, ``r`` the reduced dimension):
 
@@ -17,8 +18,9 @@ Candidates, best recall first (``K`` IVF lists, ``r`` the reduced dimension):
 6. ``OPQ{m}_{r},IVF{K},PQ{m}`` down to 8 bytes per vector.
 
 The estimated query time of each (see :func:`estimate_query_ms`) is a scan-cost model with
-single-core throughputs measured on one x86 core; it ranks candidates against ``--max-query-ms`` before
-anything is built, and the build then measures the real figure on held-out queries.
+single-core throughputs measured on one x86 core; it shortlists candidates against ``--max-query-ms``,
+the build then measures the shortlist on held-out queries (:mod:`indexes.compare`) and the winner on the
+whole set.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import re
 from dataclasses import dataclass
 
 from extract.core.errors import UserError
+from extract.core.ids import PackedIds, packed_bytes
 
 FLAT_MAX_N = 50_000
 HNSW_M = 32
@@ -169,9 +172,10 @@ def estimate_query_ms(factory: str, n: int, d: int, nprobe_fraction: float = 1 /
     return ms
 
 
-def candidates(n: int, d: int) -> list[str]:
-    """Candidate factory strings for ``n`` x ``d`` vectors, best recall first (see the module doc)."""
-    k = n_lists(n)
+def candidates(n: int, d: int, k_lists: int | None = None) -> list[str]:
+    """Candidate factory strings for ``n`` x ``d`` vectors with ``k_lists`` IVF lists (default
+    :func:`n_lists`), best recall first (see the module doc)."""
+    k = k_lists or n_lists(n)
     r = reduced_dim(d)
     out = ["Flat"] if n <= FLAT_MAX_N else []
     out += [f"IVF{k}_HNSW{HNSW_M},Flat", f"IVF{k}_HNSW{HNSW_M},SQ8"]
@@ -194,17 +198,41 @@ def plan(factory: str, n: int, d: int) -> Plan:
     return Plan(factory, parts["total"], round(estimate_query_ms(factory, n, d), 3), parts)
 
 
-def choose(n: int, d: int, memory_budget: int, max_query_ms: float | None = None) -> Plan:
-    """The best-recall candidate whose whole index fits ``memory_budget`` bytes and whose estimated
-    single-query time is within ``max_query_ms``; when none is fast enough, the fastest that fits."""
-    plans = [plan(f, n, d) for f in candidates(n, d)]
-    fits = [p for p in plans if p.bytes <= memory_budget]
+def fitting(n: int, d: int, memory_budget: int, id_bytes: int = 0, k_lists: int | None = None) -> list[Plan]:
+    """The candidates whose index plus ``id_bytes`` (the collection's ids in memory) fit ``memory_budget``
+    bytes, best recall first; none fitting is a :class:`UserError`."""
+    plans = [plan(f, n, d) for f in candidates(n, d, k_lists)]
+    fits = [p for p in plans if p.bytes + id_bytes <= memory_budget]
     if not fits:
         smallest = min(plans, key=lambda p: p.bytes)
+        ids = f" plus {id_bytes / 2**20:,.0f} MiB of ids" if id_bytes else ""
         raise UserError(
             f"{n} x {d} vectors do not fit a memory budget of {memory_budget / 2**20:,.0f} MiB even as {smallest.factory} "
-            f"({smallest.bytes / 2**20:,.0f} MiB); raise --memory-budget")
+            f"({smallest.bytes / 2**20:,.0f} MiB{ids}); raise --memory-budget")
+    return fits
+
+
+def choose(n: int, d: int, memory_budget: int, max_query_ms: float | None = None, id_bytes: int = 0) -> Plan:
+    """The best-recall candidate whose whole index (plus ``id_bytes`` of ids) fits ``memory_budget`` bytes
+    and whose estimated single-query time is within ``max_query_ms``; when none is fast enough, the fastest
+    that fits."""
+    fits = fitting(n, d, memory_budget, id_bytes)
     if max_query_ms is None:
         return fits[0]
     fast = [p for p in fits if p.query_ms <= max_query_ms]
     return fast[0] if fast else min(fits, key=lambda p: p.query_ms)
+
+
+def ids_bytes(source) -> int:
+    """Bytes the ids of a feature source take in a searching collection (packed, :class:`PackedIds`): measured
+    when they are packed already, else from the mean UTF-8 length of up to 1,000 of them; sources without
+    stored ids (generated ones, whose ids are row numbers) count the row numbers' digits."""
+    n = len(source)
+    ids = vars(source).get("ids") if hasattr(source, "__dict__") else None
+    if isinstance(ids, PackedIds):
+        return ids.nbytes
+    if ids is None or not n:
+        return packed_bytes(n, len(str(max(n - 1, 0))))
+    step = max(1, n // 1000)
+    sample = [ids[i] for i in range(0, n, step)]
+    return packed_bytes(n, sum(len(i.encode("utf-8")) for i in sample) / len(sample))

@@ -254,7 +254,8 @@ def verify_files(folder: str | os.PathLike, meta: dict) -> None:
 
 
 def load_index(index_dir: str | os.PathLike, mmap: bool = True, verify: bool = True) -> LoadedIndex:
-    """Read an index folder. With ``mmap`` the vectors/codes are memory-mapped where faiss supports it.
+    """Read an index folder. With ``mmap`` the vectors/codes are memory-mapped where faiss supports it;
+    on-disk lists (``index.ivfdata``) are always mapped, read-only.
 
     The data files are checked against the sidecar's sizes and checksums first (``verify``), and the
     search parameters recorded at build time (``nprobe``/``efSearch``) are applied.
@@ -268,7 +269,9 @@ def load_index(index_dir: str | os.PathLike, mmap: bool = True, verify: bool = T
         verify_files(folder, meta)
     elif not path.is_file():
         raise UserError(f"{path} is missing; rebuild the index with {rebuild_hint(folder, meta)}")
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if IVFDATA_FILE in meta["files"] else 0
+    on_disk = IVFDATA_FILE in meta["files"]
+    # on-disk lists: read their offsets only, then map the folder's own index.ivfdata (indexes.ondisk.map_lists)
+    flags = faiss.IO_FLAG_SKIP_IVF_DATA if on_disk else 0
     index = None
     if mmap:
         try:
@@ -282,6 +285,10 @@ def load_index(index_dir: str | os.PathLike, mmap: bool = True, verify: bool = T
         except RuntimeError as exc:
             why = (str(exc).strip().splitlines() or ["unreadable"])[-1]
             raise UserError(f"{path} is not a readable faiss index ({why}); rebuild it with {rebuild_hint(folder, meta)}") from None
+    if on_disk:
+        from indexes.ondisk import map_lists
+
+        map_lists(index, folder / IVFDATA_FILE)
     if index.ntotal != meta["n"] or index.d != meta["d"]:
         raise UserError(
             f"{path} holds {index.ntotal} x {index.d} vectors but {SIDECAR_FILE} says {meta['n']} x {meta['d']}; "

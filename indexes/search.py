@@ -19,6 +19,7 @@ import numpy as np
 
 from extract.core.arrays import normalize_rows
 from extract.core.errors import UserError
+from extract.core.ids import PackedIds
 
 log = logging.getLogger(__name__)
 _F32 = np.dtype(np.float32)
@@ -189,12 +190,22 @@ class Collection:
         names = list(queries) if queries is not None else [f"query {i}" for i in range(len(xq))]
         return Results(names, hits, dict(self.timings))
 
+    def row(self, image_id: str) -> int | None:
+        """The row of a stored id, or None; packed ids are searched in place, with no id -> row table."""
+        ids = self.features.ids
+        if isinstance(ids, PackedIds):
+            return ids.row(image_id)
+        try:
+            return ids.index(image_id)
+        except ValueError:
+            return None
+
     def search_ids(self, image_ids: Sequence[str], k: int) -> Results:
         """Search with the stored vectors of existing ids."""
-        row_of = self.features.row_of()
-        missing = [i for i in image_ids if i not in row_of]
+        rows = [self.row(i) for i in image_ids]
+        missing = [i for i, r in zip(image_ids, rows) if r is None]
         if missing:
             raise UserError(f"id {missing[0]!r} is not in {self.features.path} ({len(missing)} unknown id(s)); "
                             "ids are image paths relative to the image root")
-        xq = self.features.load([row_of[i] for i in image_ids])
+        xq = self.features.load(rows)
         return self.search_vectors(xq, k, list(image_ids))

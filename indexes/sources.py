@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.core.errors import UserError
+from extract.core.ids import PackedIds
 from extract.store import FeatureFile, open_features
 
 MANIFEST = "manifest.json"
@@ -58,7 +59,8 @@ class ShardedFeatures:
             self.shards.append(ff)
         self.dim = self.shards[0].dim
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-        self.ids = [i for s in self.shards for i in s.ids]
+        self.ids = PackedIds.concat([s.ids if isinstance(s.ids, PackedIds) else PackedIds.from_strings(s.ids)
+                                     for s in self.shards])
         first = self.shards[0].config
         self.config = doc.get("config") or {k: v for k, v in first.items() if k not in _SHARD_KEYS}
         h = hashlib.sha256()
@@ -85,6 +87,10 @@ class ShardedFeatures:
 
     def row_of(self) -> dict[str, int]:
         return {i: r for r, i in enumerate(self.ids)}
+
+    def row(self, image_id: str) -> int | None:
+        """The row of ``image_id`` (first one), or None."""
+        return self.ids.row(image_id)
 
 
 def open_shards(path: str | os.PathLike) -> ShardedFeatures | None:

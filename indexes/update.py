@@ -19,7 +19,7 @@ from pathlib import Path
 
 from extract.core.errors import UserError
 from indexes.fill import fill
-from indexes.io import SIDECAR_FILE, load_index
+from indexes.io import IVFDATA_FILE, SIDECAR_FILE, load_index
 from indexes.state import features_record, grown_from, source_state
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def plan_update(out_dir: str | os.PathLike, ff, config, factory: str) -> tuple[s
         return "rebuilt", f"the index holds {meta['d']}-d vectors, {ff.path} {ff.dim}-d ones", prev
     if changed:
         return "rebuilt", "options changed (" + ", ".join(f"{k} {old_cfg[k]} -> {getattr(config, k)}" for k in changed) + ")", prev
-    if factory != meta["factory"]:
+    measured = config.factory == "auto" and bool(meta.get("candidates"))  # chosen by measurement, not the model
+    if factory != meta["factory"] and not measured:
         why = "the auto choice" if config.factory == "auto" else "--index"
         return "rebuilt", f"{why} for {len(ff)} rows is {factory}, the index is {meta['factory']}", prev
     if len(ff) == meta["n"] and ff.fingerprint == meta["features"]["fingerprint"]:
@@ -67,6 +68,8 @@ def plan_update(out_dir: str | os.PathLike, ff, config, factory: str) -> tuple[s
         return "rebuilt", f"{ff.path} was rewritten since the build", prev
     if not grown_from(meta, ff):
         return "rebuilt", f"the first {meta['n']} rows of {ff.path} changed (ids or vectors) since the build", prev
+    if IVFDATA_FILE in meta["files"]:
+        return "rebuilt", "on-disk lists are rebuilt as a whole, not changed in place", prev
     why = _can_add(prev.index)
     if why:
         return "rebuilt", why, prev

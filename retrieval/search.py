@@ -225,7 +225,8 @@ def answer(
 
     imports = time.perf_counter() - t0
     searcher = Searcher(index_dir, features, mmap=mmap)
-    if device != "cpu":
+    on_disk = (searcher.loaded.meta.get("storage") or {}).get("lists") == "on_disk"
+    if device != "cpu" and not (device == "auto" and on_disk):  # auto: on-disk lists are not read whole onto a GPU
         from indexes.gpu import to_device
 
         searcher.loaded.index = to_device(searcher.index, device)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# OpenMP threads that wait passively: with busy-waiting, faiss's idle threads spin on every core between
+# calls and slow a shared machine's test run several times over. Set before anything imports faiss or torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _has_cuda() -> bool:

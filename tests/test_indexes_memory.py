@@ -12,7 +12,7 @@ import numpy as np
 from extract.store import write_features
 from indexes.bench.synthetic import clustered_blocks
 
-N, D, BUDGET = 30_000, 512, 16 << 20  # CNN-like width: the rows, not the id list (not budgeted), dominate
+N, D, BUDGET = 30_000, 512, 16 << 20  # CNN-like width: the rows dominate, not the (packed) id list
 
 _CHILD = textwrap.dedent("""
     import json, sys

@@ -240,6 +240,8 @@ def test_malformed_bodies_are_4xx_json(client, kwargs, status, needle):
     ({"q": BIKE, "k": 101}, 422, "k must be between 1 and 100"),
     ({"q": BIKE, "k": -5}, 422, "k must be between"),
     ({"q": BIKE, "k": "ten"}, 422, "k: Input should be a valid integer"),
+    ({"q": BIKE, "min_score": "high"}, 422, "min_score: Input should be a valid number"),
+    ({"terms": '[{"q": "x"}]'}, 422, "give exactly one of q, id, image or terms"),  # GET takes q or id only
     ({"q": BIKE, "offset": -1}, 422, "offset must be between 0 and 1000"),
     ({"q": BIKE, "offset": 10**6}, 422, "offset must be between"),
     ({"q": "x" * 501}, 422, "over the 500 limit"),
@@ -249,6 +251,72 @@ def test_malformed_bodies_are_4xx_json(client, kwargs, status, needle):
 ])
 def test_bad_search_parameters_are_4xx_json(client, params, status, needle):
     assert needle in _json_error(client.get("/api/search", params=params), status)
+
+
+def test_answers_are_the_documented_schemas(client):
+    """Answers are sent as ready-made JSON: each must be exactly its documented model (extra fields forbidden)."""
+    from retrieval.serve.models import BatchAnswer, GenreAnswer, SearchAnswer
+
+    for r in (client.get("/api/search", params={"q": BIKE, "k": 3, "_": "1"}),  # unknown parameters are ignored
+              client.get("/api/search", params={"id": "0004", "min_score": "-1"}),
+              client.post("/api/search", json={"terms": [{"q": BIKE}, {"id": "0003", "w": -0.5}]})):
+        assert r.status_code == 200, r.text
+        SearchAnswer.model_validate(r.json())
+    BatchAnswer.model_validate(client.post("/api/search/batch", json={"queries": [{"q": BIKE}, {"id": "0003"}]}).json())
+    GenreAnswer.model_validate(client.post("/api/genres", json={"overview": "terroruno terrordos"}).json())
+    paths = client.get("/openapi.json").json()["paths"]
+    documented = {(path, method): paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+                  for path, method in (("/api/search", "get"), ("/api/search", "post"), ("/api/search/batch", "post"),
+                                       ("/api/genres", "post"))}
+    assert [ref.rsplit("/", 1)[1] for ref in documented.values()] == ["SearchAnswer", "SearchAnswer", "BatchAnswer",
+                                                                        "GenreAnswer"]
+    params = {p["name"]: p["schema"] for p in paths["/api/search"]["get"]["parameters"]}
+    assert set(params) == {"q", "id", "k", "offset", "min_score"} and params["k"] == {"type": "integer", "default": 10}
+
+
+def test_query_threads_answer_like_the_event_loop(coll, fake_backbone):
+    """With inline_ms=0 every search goes to the query threads: same answers, and info says so."""
+    params = [{"q": BIKE, "k": 5}, {"id": "0004", "k": 4}, {"q": "un barco", "k": 3, "offset": 2}]
+    answers = {}
+    for inline_ms in (20.0, 0.0):
+        with TestClient(create_app(_config(coll, inline_ms=inline_ms))) as c:
+            assert c.get("/api/info").json()["server"]["queries_on_event_loop"] is (inline_ms > 0)
+            answers[inline_ms] = [_ids(c.get("/api/search", params=p).json()) for p in params]
+            answers[inline_ms].append(_ids(c.post("/api/search", json={"terms": [{"q": BIKE}, {"id": "0003", "w": -0.5}]}).json()))
+    assert answers[0.0] == answers[20.0] and all(answers[0.0])
+
+
+def test_a_text_model_that_cannot_be_probed_keeps_queries_on_threads(coll, fake_backbone, monkeypatch):
+    def unknown_words(self, text):
+        raise RequestError("no known words", 400)
+
+    monkeypatch.setattr(Engine, "text_vector", unknown_words)
+    with TestClient(create_app(_config(coll))) as c:
+        server = c.get("/api/info").json()["server"]
+    assert server["queries_on_event_loop"] is False and server["warm_query_cpu_ms"] is None
+
+
+def test_requests_run_faiss_on_one_thread(coll):
+    """OpenMP's thread count is per thread: a search on a new (request) thread must still use one."""
+    import threading
+
+    import faiss
+
+    engine = Engine(ServeConfig(index_dir=str(coll["index"]), image_queries=False)).load()
+    seen = []
+
+    def request():
+        faiss.omp_set_num_threads(4)  # what a fresh thread may start with on a 4-core machine
+        engine.search(coll["xb"][0], 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    try:
+        t = threading.Thread(target=request)
+        t.start()
+        t.join()
+    finally:
+        engine.close()
+    assert seen == [1]
 
 
 def test_genres_json_and_form(client):
@@ -271,6 +339,8 @@ def test_info_metrics_docs_and_page(client, coll):
     digest = hashlib.sha256(coll["model"].read_bytes()).hexdigest()[:16]
     assert a["text_model"]["fingerprint"] == f"sha256:{digest}" and a["genres"]["model"] == "text"
     assert info["stale"] == [] and info["text_queries"] and info["image_queries"] and info["genres"]
+    assert info["server"]["query_threads"] >= 1 and info["server"]["event_loop"]
+    assert info["server"]["queries_on_event_loop"] and 0 < info["server"]["warm_query_cpu_ms"] <= 20
     client.get("/api/search", params={"q": BIKE})
     text = client.get("/metrics").text
     assert 'buscador_requests_total{method="GET",route="/api/search",status="200"}' in text
@@ -346,8 +416,10 @@ def test_bare_serve_command_uses_the_workspace(coll, tmp_path):
                 time.sleep(0.3)
         assert r is not None and r.status_code == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
         assert all(int(h["id"][4:8]) % 3 == 0 for h in r.json()["results"])
-        assert httpx.get(f"http://127.0.0.1:{port}/api/info").json()["genres"] is False
+        info = httpx.get(f"http://127.0.0.1:{port}/api/info").json()
+        assert info["genres"] is False and info["server"]["event_loop"] == "uvloop.Loop"
     finally:
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert "loaded text_model" in out and "sha256:" in out and "Traceback" not in out
+    assert "uvloop loop, httptools parser" in out

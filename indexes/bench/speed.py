@@ -19,7 +19,7 @@ import numpy as np
 
 from extract.core.errors import UserError
 from indexes import exact
-from indexes.bench.synthetic import SyntheticFeatures
+from indexes.bench.synthetic import SyntheticFeatures, lower_priority
 from indexes.build import (
     IndexConfig,
     build_index,
@@ -92,13 +92,23 @@ def _operating_point(index, xq, gt, k, n_single) -> dict:
 
 
 def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, target: float = 0.95,
-               n_single: int = 200, train_size: int = 65536, quiet: bool = True) -> dict:
-    """Build ``factory`` over ``src``, sweep its search parameter, report the cheapest point reaching ``target``."""
+               n_single: int = 200, train_size: int = 65536, quiet: bool = True, memory_budget: int | None = None,
+               max_query_ms: float | None = None) -> dict:
+    """Build ``factory`` over ``src``, sweep its search parameter, report the cheapest point reaching ``target``.
+
+    With ``factory="auto"`` the build chooses under ``memory_budget`` and ``max_query_ms`` (comparing
+    candidates by measurement under a latency budget); the row then carries the compared ``candidates``."""
     gen0 = getattr(src, "gen_seconds", 0.0)
+    budgets = {"memory_budget": memory_budget} if memory_budget else {}
     built = build_index(src, IndexConfig(factory=factory, train_size=train_size, target_recall=target,
-                                         calibration_queries=100), quiet=quiet)
+                                         calibration_queries=100, max_query_ms=max_query_ms, **budgets), quiet=quiet)
     row = {"factory": built.meta["factory"], "n": len(src), "d": src.dim, "build_s": round(built.meta["build_seconds"] - (getattr(src, "gen_seconds", 0.0) - gen0), 2),
-           "index_mib": round(index_bytes(built.index) / 2**20, 1)}
+           "index_mib": round(index_bytes(built.index) / 2**20, 1),
+           "ids_mib": round(built.meta["estimated_memory"]["ids"] / 2**20, 1),
+           "train_s": built.meta["train_seconds"], "train_rows": built.meta["train_size"],
+           "build_threads": _threads()}
+    if built.meta.get("candidates"):
+        row["candidates"] = built.meta["candidates"]
     knob = tunable_parameter(built.index)
     sweep = []
     if knob is None:
@@ -121,6 +131,12 @@ def bench_kind(src, factory: str, xq: np.ndarray, gt: np.ndarray, k: int = 10, t
     log.info("result: %s", json.dumps(row))
     row["sweep"] = sweep
     return row
+
+
+def _threads() -> int:
+    import faiss
+
+    return int(faiss.omp_get_max_threads())
 
 
 def default_kinds(n: int, d: int) -> list[str]:
@@ -186,31 +202,35 @@ def _in_child(fn, *args):
     return result, rss
 
 
-def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet) -> dict:
-    from indexes.build import auto_factory, n_lists
+def _scaling_row(n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet, cache_dir) -> dict:
+    from indexes.build import n_lists
     from indexes.choose import estimate_bytes
 
-    src = SyntheticFeatures(n, d, seed)
+    src = SyntheticFeatures(n, d, seed, cache_dir=cache_dir)
     xq = normalize_rows(src.queries(nq))
-    _, gt, exact_s = exact_knn(src, xq, 10)
-    factory = (auto_factory(n, d, memory_budget, max_query_ms, train_size) if kind == "auto"
-               else kind.format(nlist=n_lists(n)))
+    with lower_priority():
+        _, gt, exact_s = exact_knn(src, xq, 10)
+    factory = "auto" if kind == "auto" else kind.format(nlist=n_lists(n))
     log.info("scaling: %s on %d x %d", factory, n, d)
-    row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet)
+    row = bench_kind(src, factory, xq, gt, 10, target, min(nq, 200), train_size, quiet, memory_budget, max_query_ms)
     row["exact_batch_qps"] = round(nq / exact_s, 1)
-    row["estimated_mib"] = round(estimate_bytes(factory, n, d)["total"] / 2**20, 1)
+    row["estimated_mib"] = round(estimate_bytes(row["factory"], n, d)["total"] / 2**20, 1)
+    row["budget_mib"] = round(memory_budget / 2**20, 1)
     return row
 
 
 def scaling_benchmark(sizes: Sequence[int], d: int, nq: int = 200, seed: int = 0, target: float = 0.95,
                       memory_budget: int = 2 << 30, train_size: int = 65536, kind: str = "auto",
-                      max_query_ms: float | None = None, quiet: bool = True) -> list[dict]:
+                      max_query_ms: float | None = None, quiet: bool = True,
+                      cache_dir: str | os.PathLike | None = None) -> list[dict]:
     """For each N (each in its own process, for its peak RSS): the ``auto`` index under ``memory_budget`` and
     ``max_query_ms``, or ``kind``, a factory string where ``{nlist}`` stands for the guideline's list count.
-    Recall is on fresh queries (not stored vectors) against exact search."""
+    Recall is on fresh queries (not stored vectors) against exact search. With ``cache_dir`` the vectors
+    are generated once into a ``.npy`` file there and read back as a feature file is (reads count as build time)."""
     rows = []
     for n in sizes:
-        row, rss = _in_child(_scaling_row, n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet)
+        row, rss = _in_child(_scaling_row, n, d, nq, seed, target, memory_budget, train_size, kind, max_query_ms, quiet,
+                             cache_dir)
         row["peak_rss_mib"] = round(rss, 1)
         rows.append(row)
     return rows

@@ -169,7 +169,7 @@ def format_report(report: dict) -> str:
         lines += [f"quality through {q['factory']} ({q['metric']}); equal to exact evaluation: "
                   + ", ".join(f"{n} {'yes' if s['agree'] else 'NO'}" for n, s in q["splits"].items()), format_table(table), ""]
     cols = ["factory", "n", "param", "build_s", "index_mib", "recall@10", "qps", "p50_ms", "p99_ms", "raw_p50_ms", "layer_ratio"]
-    extra = ["estimated_mib", "peak_rss_mib", "exact_batch_qps"]
+    extra = ["estimated_mib", "ids_mib", "peak_rss_mib", "budget_mib", "build_threads", "exact_batch_qps"]
     for title, rows in (("speed", (report.get("speed") or {}).get("rows")), ("scaling", report.get("scaling"))):
         if rows:
             names = cols + (extra if title == "scaling" else [])
@@ -177,6 +177,18 @@ def format_report(report: dict) -> str:
             widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
             lines.append(title + (f" (exact batch QPS {report['speed']['exact_batch_qps']})" if title == "speed" else ""))
             lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells] + [""]
+    for row in report.get("scaling") or []:
+        if row.get("candidates"):
+            lines.append(f"candidates compared at N={row['n']:,} (on {row['candidates'][0]['rows']:,} rows, times projected to N):")
+            lines += [f"  {'*' if c['chosen'] else ' '} {c['factory']:<48} {c['bytes'] / 2**20:>9,.0f} MiB  recall@10 "
+                      f"{c['recall']:.3f} at {c['parameter']}  {c['query_ms']:.2f} ms" for c in row["candidates"]]
+            lines.append("")
+    for p in report.get("paper") or []:
+        lines.append(f"paper figure, {p['n']:,} rows, {p['factory']}: index {p['index_gib']:,} GiB, RAM {p['ram_gib']:,} GiB, "
+                     f"build {p['build_h']} h on {p['nodes']} nodes (training {p['train_h']} h), {p['query_ms']} ms a query "
+                     f"(from {p['from']})")
+    if report.get("paper"):
+        lines.append("")
     spec = report.get("spectrum")
     if spec:
         keys = list(spec["synthetic"])
@@ -218,6 +230,10 @@ def run(quality_args: dict | None = None, speed_args: dict | None = None, scalin
         report["speed"] = speed_benchmark(**speed_args)
     if scaling_args:
         report["scaling"] = scaling_benchmark(**scaling_args)
+        from indexes.bench.paper import paper_figure
+
+        largest = max(report["scaling"], key=lambda r: r["n"])
+        report["paper"] = paper_figure(largest, memory_budget=64 << 30)
     if cold_args:
         report["cold"] = cold_search(**cold_args)
     if plot_path and (report.get("quality") or report.get("speed")):

@@ -28,10 +28,13 @@ def index() -> None:
 @click.option("--train-size", type=click.IntRange(min=1), default=65536, show_default=True, help="Training sample size.")
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="Recall@10 the default nprobe/efSearch must reach on held-out queries.")
+@click.option("--on-disk/--in-memory", "on_disk", default=None,
+              help="Keep the IVF lists in OUT_DIR/index.ivfdata, memory-mapped to search (default: when the index "
+                   "would not fit the index share of --memory-budget in memory).")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even when only new rows would be added.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms, train_size, target_recall, rebuild,
-                quiet) -> None:
+def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms, train_size, target_recall, on_disk,
+                rebuild, quiet) -> None:
     """Build an index over FEATURES.h5 (or a shard manifest.json) and save OUT_DIR/index.faiss + index.json.
 
     When OUT_DIR already holds an index of a feature file that has since grown, only the new rows are
@@ -40,7 +43,7 @@ def index_build(features, out_dir, factory, metric, memory_budget, max_query_ms,
     from indexes.build import IndexConfig, build_index_dir, parse_size
 
     config = IndexConfig(factory=factory, metric=metric, memory_budget=parse_size(memory_budget),
-                         train_size=train_size, target_recall=target_recall, max_query_ms=max_query_ms)
+                         train_size=train_size, target_recall=target_recall, max_query_ms=max_query_ms, on_disk=on_disk)
     meta = build_index_dir(features, out_dir, config, quiet=quiet, incremental=not rebuild)
     click.echo(format_build(out_dir, meta))
 
@@ -54,13 +57,22 @@ def format_build(out_dir, meta: dict) -> str:
     recall = f" (recall@10 {cal['recall@10']:.3f} held out, {cal['query_ms']:.2f} ms a query)" if "query_ms" in cal else ""
     size = sum(f["size"] for f in meta.get("files", {}).values())
     what = f"{meta['factory']} ({meta['metric']}) over {meta['n']} x {meta['d']}, {size / 2**20:,.1f} MiB"
+    storage = meta.get("storage") or {}
+    if storage.get("lists") == "on_disk":
+        what += f" (lists on disk, {storage['resident_bytes'] / 2**20:,.1f} MiB in memory)"
     if action == "unchanged":
         return f"{out_dir}: up to date ({upd['reason']}); {what}"
     if action == "added":
         return (f"{out_dir}: added {meta['n'] - upd['rows_before']} new rows to the existing index "
                 f"({upd['rows_before']} -> {meta['n']}) in {meta.get('add_seconds', 0):.1f} s; {what}")
     head = f"rebuilt ({upd['reason']})" if action == "rebuilt" else "built"
-    return f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
+    line = f"{out_dir}: {head} {what} in {meta['build_seconds']:.1f} s{'; ' + tuned if tuned else ''}{recall}"
+    compared = meta.get("candidates") or []
+    if compared:
+        line += f"\ncandidates compared on {compared[0]['rows']} rows (query times projected to {meta['n']}):"
+        line += "".join(f"\n  {'*' if c['chosen'] else ' '} {c['factory']}: {c['bytes'] / 2**20:,.0f} MiB, recall@10 "
+                        f"{c['recall']:.3f} at {c['parameter']}, {c['query_ms']:.2f} ms" for c in compared)
+    return line
 
 
 @index.command("info")
@@ -147,7 +159,11 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 @click.option("--scaling-kind", default="auto", show_default=True,
               help="Index kind of the scaling part: auto, or a factory string where {nlist} is the guideline's list count.")
 @click.option("--max-query-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Latency budget of the auto index in the scaling part.")
+              help="Latency budget of the auto index in the scaling part (candidates are then compared by measurement).")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Recall@10 the speed and scaling parts report the cheapest operating point for.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder where the scaling part writes its synthetic vectors once (.npy) and reads them back.")
 @click.option("--real-features", type=click.Path(exists=True, dir_okay=False),
               help="A real feature file whose PCA spectrum is compared with the synthetic vectors'.")
 @click.option("--cold", is_flag=True, help="Time fresh `cli.py search` processes on --index/--model.")
@@ -156,8 +172,8 @@ def search_cmd(query, index_dir, model, k, images, ids, queries_file, features, 
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG (rank histograms, recall vs latency).")
 @click.option("--json", "as_json", is_flag=True)
 def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq, single, train_size, scaling,
-                     scaling_budget, scaling_kind, max_query_ms, real_features, cold, index_dir, plot_path,
-                     as_json) -> None:
+                     scaling_budget, scaling_kind, max_query_ms, target_recall, data_dir, real_features, cold, index_dir,
+                     plot_path, as_json) -> None:
     """Retrieval quality through an index, speed/recall of index kinds, scaling, and cold-start time."""
     import json
 
@@ -169,10 +185,10 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
     if captions:
         quality = {"features": features, "captions": list(captions), "model": model, "factory": quality_index}
     speed = {"n": n, "d": dim, "factories": list(kinds) or default_kinds(n, dim), "nq": nq, "n_single": single,
-             "train_size": train_size} if n else None
+             "train_size": train_size, "target": target_recall} if n else None
     sizes = [int(s) for s in scaling.split(",") if s.strip()]
     scale = {"sizes": sizes, "d": dim, "memory_budget": parse_size(scaling_budget), "train_size": train_size,
-             "kind": scaling_kind, "max_query_ms": max_query_ms} if sizes else None
+             "kind": scaling_kind, "max_query_ms": max_query_ms, "target": target_recall, "cache_dir": data_dir} if sizes else None
     cold_args = {"query": "una persona en bicicleta", "index_dir": index_dir, "model": model} if cold else None
     report = run(quality, speed, scale, cold_args, plot_path, real_features)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
@@ -191,13 +207,15 @@ def benchmark_search(features, captions, model, quality_index, n, dim, kinds, nq
 @click.option("--single", "n_single", type=click.IntRange(10), default=300, show_default=True,
               help="Queries timed one at a time, in process and over HTTP.")
 @click.option("--time-limit", type=click.FloatRange(1), default=150.0, show_default=True, help="Seconds the load part may take.")
+@click.option("--inline-ms", type=click.FloatRange(0), default=20.0, show_default=True,
+              help="The server's `serve --inline-ms` (0: every query on its query threads).")
 @click.option("--json", "as_json", is_flag=True)
-def benchmark_serve(index_dir, model, queries_file, clients, n_text, n_id, n_single, time_limit, as_json) -> None:
+def benchmark_serve(index_dir, model, queries_file, clients, n_text, n_id, n_single, time_limit, inline_ms, as_json) -> None:
     """Load test of `serve` on loopback: throughput, p50/p99, errors, RSS, against the in-process call."""
     import json
 
     from retrieval.bench.serve import DEFAULT_QUERIES, format_report, read_captions, run
 
     texts = read_captions(queries_file) if queries_file else list(DEFAULT_QUERIES)
-    report = run(index_dir, model, texts, clients, n_text, n_id, n_single, time_limit)
+    report = run(index_dir, model, texts, clients, n_text, n_id, n_single, time_limit, inline_ms=inline_ms)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))

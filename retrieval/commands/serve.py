@@ -37,9 +37,12 @@ def _default(path: str | None, name: str) -> str | None:
 @click.option("--no-auth", is_flag=True, help="Serve a non-loopback --host without a token.")
 @click.option("--cors", "cors", multiple=True, metavar="ORIGIN", help="Allow browser requests from ORIGIN (repeatable).")
 @click.option("--max-upload", default="20MB", show_default=True, help="Largest image upload.")
+@click.option("--inline-ms", type=click.FloatRange(0), default=20.0, show_default=True,
+              help="Answer text and id queries on the event loop when a warm one costs at most this many ms of CPU "
+                   "(measured at start-up; 0: always on query threads).")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_cmd(host, port, index_dir, features, model, genres_ckpt, image_queries, device, token, no_auth, cors,
-              max_upload, access_log) -> None:
+              max_upload, inline_ms, access_log) -> None:
     """Serve the search API and web page on http://HOST:PORT (docs at /docs)."""
     import logging
 
@@ -49,5 +52,5 @@ def serve_cmd(host, port, index_dir, features, model, genres_ckpt, image_queries
     logging.getLogger("retrieval.serve").setLevel(logging.INFO)
     config = ServeConfig(index_dir=index_dir, features=features, model=_default(model, "text-encoder.npz"),
                          genres=_default(genres_ckpt, "genre-late.pt"), image_queries=image_queries, device=device,
-                         token=token, cors=tuple(cors), max_upload=parse_size(max_upload))
+                         token=token, cors=tuple(cors), max_upload=parse_size(max_upload), inline_ms=inline_ms)
     run(config, host, port, access_log=access_log, no_auth=no_auth)

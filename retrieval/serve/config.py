@@ -18,6 +18,10 @@ class ServeConfig:
     ``model`` (text queries) and ``genres`` are optional; ``image_queries`` is ``None`` for "when the
     feature file records a backbone that loads", ``True`` to require it, ``False`` to turn uploads off.
     ``token`` is the bearer token every ``/api`` route then asks for (``None``: no token).
+    ``query_threads`` answer the queries (encoding, index search); ``None``: its CPUs + 4, at most 32.
+    Text and id queries are answered on the event loop instead when a warm one costs at most ``inline_ms``
+    of CPU (measured at start-up; ``0``: always on the query threads): a hand-off to a thread costs two
+    scheduler wake-ups, which on a busy machine take longer than such a query.
     """
 
     index_dir: str
@@ -35,6 +39,8 @@ class ServeConfig:
     max_offset: int = 1000
     max_terms: int = 8
     max_batch: int = 64
+    query_threads: int | None = None
+    inline_ms: float = 20.0
     thumb_cache_bytes: int = 64 * MB
     thumb_sizes: tuple[int, int] = field(default=(16, 1024))
 

@@ -96,11 +96,32 @@ class Engine:
             self.image_queries_off = "turned off (--no-image-queries)"
         if cfg.genres is not None:
             self._load_genres(cfg.genres)
+        self.query_cpu_ms = self._probe_query_cost()
         import gc
 
         gc.collect()
         gc.freeze()  # what was loaded lives as long as the server: keep the cyclic GC from rescanning it per request
         return self
+
+    def _probe_query_cost(self, repeats: int = 5) -> float:
+        """CPU milliseconds (median of ``repeats``) of the costlier of a warm text query and an id query."""
+        import statistics
+
+        probes = [lambda: self.id_vector(self.ids[0])] if len(self.ids) else []
+        if self.encoder is not None:
+            probes.append(lambda: self.text_vector("una persona en bicicleta"))
+        cost = 0.0
+        for vector in probes:
+            times = []
+            try:
+                for _ in range(repeats):
+                    c0 = time.thread_time()
+                    self.search(vector(), 10)
+                    times.append(time.thread_time() - c0)
+            except RequestError:  # e.g. a text model that knows none of the probe's words: cost unknown
+                return float("inf")
+            cost = max(cost, statistics.median(times) * 1000)
+        return cost
 
     def _note(self, name: str, info: dict, t0: float) -> None:
         info = dict(info, load_ms=round((time.perf_counter() - t0) * 1000, 1))
@@ -278,6 +299,8 @@ class Engine:
 
     def search(self, xq: np.ndarray, k: int = 10, offset: int = 0, min_score: float | None = None) -> list[Match]:
         """Ranks ``offset+1 .. offset+k`` for one query vector ``(d,) float32``, scores >= ``min_score``."""
+        import faiss
+
         from extract.core.arrays import normalize_rows
         from indexes.search import search
 
@@ -291,6 +314,9 @@ class Engine:
         want = min(k + offset, self.searcher.index.ntotal)
         if want <= offset:
             return []
+        # OpenMP's thread count is per thread: the one set at load time holds only on the thread that loaded,
+        # and a request thread would otherwise start (and spin) a team of its own for a one-query search
+        faiss.omp_set_num_threads(1)
         D, I = search(self.searcher.index, xq, want)
         out = []
         for rank, (score, row) in enumerate(zip(D[0], I[0]), 1):

@@ -2,7 +2,8 @@
 
 Each app gets its own registry (so several apps in one process, as in tests, do not collide); the ASGI
 middleware times every request under its route template (``/api/images/{image_id}``), never the raw
-path, so the label set stays small whatever clients send.
+path, so the label set stays small whatever clients send. The labelled series are looked up once and
+kept (a ``labels()`` call takes a lock and builds a key on every request).
 """
 
 from __future__ import annotations
@@ -23,11 +24,23 @@ class Metrics:
                                  registry=self.registry)
         self.stages = Histogram("buscador_stage_seconds", "Time per query stage (encode, search, ...)", ["stage"],
                                 buckets=_BUCKETS, registry=self.registry)
+        self._series: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        key = (id(metric), *labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
 
     def observe_stages(self, timings: dict[str, float]) -> None:
         """Record ``{stage: seconds}``."""
         for stage, seconds in timings.items():
-            self.stages.labels(stage).observe(seconds)
+            self._child(self.stages, stage).observe(seconds)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self._child(self.requests, route, method, str(status)).inc()
+        self._child(self.latency, route).observe(seconds)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -54,5 +67,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+            self.metrics.observe_request(route, scope["method"], status[0], time.perf_counter() - t0)

@@ -57,3 +57,43 @@ class GenreBody(BaseModel):
     overview: str | None = None
     poster: str | None = None
     top: int = Field(3, ge=1, le=50)
+
+
+# ---- answers (documented at /docs; the routes send them as ready-made JSON, tests check them against these) ----
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Result(_Answer):
+    """One hit: 1-based rank over the whole ranking, stored id, score, the thumbnail's URL."""
+
+    rank: int
+    id: str
+    score: float = Field(description="cosine / inner product (higher is closer) or l2 distance (lower is closer)")
+    thumbnail: str = Field(description="e.g. /api/images/<id>?size=256")
+
+
+class SearchAnswer(_Answer):
+    """The answer to one search."""
+
+    query: str = Field(description="the text, or a label of the query (id:..., image, weighted terms)")
+    results: list[Result]
+    timings: dict[str, float] = Field(description="milliseconds per stage: encode or lookup, search, total")
+
+
+class BatchAnswer(_Answer):
+    answers: list[SearchAnswer]
+
+
+class Genre(_Answer):
+    genre: str
+    probability: float
+    threshold: float
+    predicted: bool
+
+
+class GenreAnswer(_Answer):
+    genres: list[Genre] = Field(description="the most probable genres, best first")
+    predicted: list[str] = Field(description="those at or over their threshold")
+    model: str
+    timings: dict[str, float]
