@@ -282,7 +282,7 @@ def test_ray_file_records_each_rows_source_and_updates_incrementally(ray_cluster
     out, opts = tmp_path / "ray.h5", dict(TINY, batch_size=4, bn_images=8)
     extract_features_ray(folder, out, shard_size=5, **opts)
     ff = open_features(out)
-    assert ff.sources() == {i: source_stat(folder / i) for i in ff.ids + [i for i, _ in ff.failed]}
+    assert ff.sources() == {i: source_stat(folder / i) for i in [*ff.ids, *(i for i, _ in ff.failed)]}
     late = sorted(ff.ids)[-3:]  # not among the 8 calibration images (the first readable ones, sorted)
 
     def edit(name, color):
@@ -303,7 +303,7 @@ def test_ray_file_records_each_rows_source_and_updates_incrementally(ray_cluster
     rows, ref_rows = ff.row_of(), ref.row_of()
     for i in (late[0], late[1], "new.jpg", late[2]):  # other batch sizes here: float32 rounding differs a little
         np.testing.assert_allclose(ff.load([rows[i]]), ref.load([ref_rows[i]]), rtol=1e-4, atol=ATOL, err_msg=i)
-    assert ff.sources() == {i: source_stat(folder / i) for i in ff.ids + [i for i, _ in ff.failed]}
+    assert ff.sources() == {i: source_stat(folder / i) for i in [*ff.ids, *(i for i, _ in ff.failed)]}
 
 
 @pytest.mark.parametrize("virtual", [False, True])
