@@ -1,8 +1,13 @@
 """Image feature extraction: list and decode images, run a backbone, store pooled features in HDF5.
 
 Importing this package loads nothing: every name below is imported from its module on first use, so
-``import extract.core`` stays free of h5py and torch.
+``import extract.core`` stays free of h5py and torch. It does ask OpenMP for passive waiting before
+torch can load (:mod:`extract.cpu_threads`).
 """
+
+from extract.cpu_threads import sleep_when_idle
+
+sleep_when_idle()
 
 _LAZY = {
     "UserError": "extract.core.errors",

@@ -17,7 +17,7 @@ from extract.core.errors import UserError
 from extract.core.hashing import sha256_file
 from extract.images import ImageList
 from extract.parts import StoredState
-from extract.store import NO_SOURCE, SourceStat, storable_id
+from extract.store import NO_SOURCE, SourceStat, recorded, storable_id
 
 BAD_NAME = "file name is not valid UTF-8; rename the file to extract it"
 
@@ -103,16 +103,20 @@ def check_root(state: StoredState, listing: ImageList, out: Path) -> None:
                         f"pass --root {old} to add to {out.name}, or write to another output file")
 
 
-def check_options(state: StoredState, model: str, weights: str, image_size: int | None) -> None:
-    """Without loading a model: refuse options that differ from the stored ones (model, weights, size)."""
-    cfg = state.config or {}
+def check_options(state: StoredState, model: str, weights: str, image_size: int | None,
+                  dtype: str = "float32") -> None:
+    """Without loading a model: refuse options that differ from the stored ones (model, weights, size, dtype)."""
+    cfg = state.config
+    if cfg is None:
+        return
     kind = weights if weights in ("imagenet", "none") else "file"
-    asked = {"model": model, "weights": kind}
+    asked = {"model": model, "weights": kind, "dtype": dtype}
     if image_size is not None:
         asked["image_size"] = int(image_size)
     for key, value in asked.items():
-        if key in cfg and cfg[key] != value:
-            raise UserError(f"{state.where} was made with {key}={cfg[key]!r} but this run has {key}={value!r}; "
+        theirs = recorded(cfg, key)
+        if theirs is not None and theirs != value:
+            raise UserError(f"{state.where} was made with {key}={theirs!r} but this run has {key}={value!r}; "
                             "use the same options to resume, or pass another output file")
 
 

@@ -2,7 +2,8 @@
 
 Every artifact made from image features (index sidecar, text-encoder checkpoint, genre model) records a
 :class:`FeatureIdentity` of its feature file: path, fingerprint (content + config, see
-:mod:`extract.store`), dim, row count, backbone model, weights and their sha256, and preprocessing.
+:mod:`extract.store`), dim, row count, backbone model, weights and their sha256, preprocessing, and the
+storage dtype (float16 values are float32 ones rounded: the same space, but another file).
 Loaders compare it with what they are handed:
 
 - :func:`check_same_file`: the very same rows (an index: row ``i`` of the index is row ``i`` of the file);
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from extract.core.errors import UserError
-from extract.store import FeatureFile
+from extract.store import FeatureFile, recorded
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class FeatureIdentity:
     weights_sha256: str | None = None
     preprocessing: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)
+    dtype: str | None = None
 
     @classmethod
     def of(cls, ff: FeatureFile) -> FeatureIdentity:
@@ -56,6 +58,7 @@ class FeatureIdentity:
             model=config.get("model"), weights=config.get("weights"), weights_sha256=config.get("weights_sha256"),
             preprocessing={k: config[k] for k in PREPROCESSING_KEYS if config.get(k) is not None},
             space={k: config[k] for k in SPACE_KEYS if config.get(k) is not None},
+            dtype=str(recorded(config, "dtype")) if config.get("model") is not None or "dtype" in config else None,
         )
 
     def record(self) -> dict:
@@ -94,7 +97,8 @@ class FeatureIdentity:
     def label(self) -> str:
         """``resnet18 (imagenet weights, 512-d)``-style description."""
         bits = [b for b in (f"{self.weights} weights" if self.weights else "",
-                            f"{self.dim}-d" if self.dim is not None else "") if b]
+                            f"{self.dim}-d" if self.dim is not None else "",
+                            "stored as float16" if self.dtype == "float16" else "") if b]
         if self.model is None:
             return ", ".join(bits)
         return self.model + (f" ({', '.join(bits)})" if bits else "")
@@ -118,7 +122,7 @@ def check_same_file(made_from, other, artifact: str, fix: str) -> None:
     """
     a, b = _as_identity(made_from), _as_identity(other)
     if a.fingerprint != b.fingerprint:
-        other_bits = ", ".join(x for x in (b.label(), _first_difference(a, b)) if x)
+        other_bits = ", ".join(x for x in (b.label(), _first_difference(a, b) or _dtype_difference(a, b)) if x)
         raise UserError(f"{artifact} was built from features with fingerprint {a.fingerprint} ({a.path}, {a.label()}) "
                         f"but {b.path} has fingerprint {b.fingerprint}" + (f" ({other_bits})" if other_bits else "")
                         + f"; {fix}")
@@ -151,6 +155,10 @@ def _first_difference(a: FeatureIdentity, b: FeatureIdentity) -> str:
         if va is not None and vb is not None and _norm(va) != _norm(vb):
             return f"{key} {_short(va)} vs {_short(vb)}"
     return ""
+
+
+def _dtype_difference(a: FeatureIdentity, b: FeatureIdentity) -> str:
+    return f"dtype {a.dtype} vs {b.dtype}" if a.dtype and b.dtype and a.dtype != b.dtype else ""
 
 
 def _norm(v):

@@ -2,8 +2,9 @@
 
 Decoding and resizing run in DataLoader worker processes and travel as ``uint8`` tensors; the main
 process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
-(autocast fp16/bf16 on CUDA) and commits every batch through :class:`~extract.parts.ResumableWriter`,
-so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
+(autocast fp16/bf16 on CUDA) and commits the finished batches through
+:class:`~extract.parts.ResumableWriter` about every second, in a writer thread while the next batches
+run through the model (one commit in flight at a time), so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
 changed images (:mod:`extract.collection`); with nothing to do it returns before loading a model.
 ``embed_images`` embeds a few new images exactly as a feature file's images were embedded (same model,
 weights, preprocessing and decoder).
@@ -11,11 +12,13 @@ weights, preprocessing and decoder).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,14 +49,14 @@ from extract.images import (
 )
 from extract.inputs import list_inputs
 from extract.parts import ResumableWriter, read_state
-from extract.store import open_features, storable_id
+from extract.store import DTYPES, open_features, storable_id
 
 log = logging.getLogger(__name__)
 
 # Config keys that must agree between a feature file (or an unfinished run) and a run resuming it.
 # "resize" (a readable summary of preprocessing and decoder) also refuses files made before the structured keys.
 MATCH_KEYS = ("model", "weights", "weights_sha256", "seed", "dim", "image_size", "mean", "std", "preprocessing",
-              "decoder", "resize", "bn_calibration_sha", "image_root")
+              "decoder", "resize", "bn_calibration_sha", "image_root", "dtype")
 BN_IMAGES = 64
 _CALIBRATION_BATCH = 16
 
@@ -99,13 +102,15 @@ class ExtractSummary:
 
 
 class _ImageDataset(Dataset):
-    """Item ``i`` -> ``(i, (S, S, 3) uint8 tensor or None, reason or None)``; decoding never raises."""
+    """Item ``i`` -> ``(offset + i, (S, S, 3) uint8 tensor or None, reason or None, source)``; never raises."""
 
-    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, decoder: Decoder, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, decoder: Decoder, max_pixels: int,
+                 offset: int = 0):
         self.paths = list(paths)
         self.preprocessing = preprocessing
         self.decoder = decoder
         self.max_pixels = max_pixels
+        self.offset = offset
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -113,7 +118,7 @@ class _ImageDataset(Dataset):
     def __getitem__(self, i: int):
         data, source = read_source(self.paths[i])  # one read: the bytes hashed are the bytes decoded
         arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder, data)
-        return i, (None if arr is None else torch.from_numpy(arr)), reason, source
+        return self.offset + i, (None if arr is None else torch.from_numpy(arr)), reason, source
 
 
 def _collate(items):
@@ -124,22 +129,50 @@ def _collate(items):
     return [i for i, _ in good], xb, bad, {i: src for i, _, _, src in items}
 
 
-def _worker_init(_worker_id: int) -> None:
+# On CPU the decoding workers run at this lower priority: the model's threads get a core back the moment
+# they wake up, and decoding fills the gaps between their parallel regions (about 2 ms of CPU per image
+# against 40+ for even a small model's forward). A GPU run leaves them as they are: there the host's
+# cores are for decoding.
+CPU_WORKER_NICENESS = 10
+
+
+def _worker_init(niceness: int, _worker_id: int) -> None:
     torch.set_num_threads(1)
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:  # not allowed here: keep the priority
+            pass
 
 
 def _loader(paths: Sequence[Path], bb: Backbone, max_pixels: int, batch_size: int, workers: int,
-            pin: bool) -> DataLoader:
+            pin: bool, offset: int = 0) -> DataLoader:
+    niceness = CPU_WORKER_NICENESS if bb.device.type == "cpu" else 0
     return DataLoader(
-        _ImageDataset(paths, bb.preprocessing, bb.decoder, max_pixels),
+        _ImageDataset(paths, bb.preprocessing, bb.decoder, max_pixels, offset),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=pin,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=functools.partial(_worker_init, niceness) if workers else None,
         prefetch_factor=4 if workers else None,
     )
+
+
+def _batches(paths: list[Path], bb: Backbone, max_pixels: int, batch_size: int, workers: int) -> Iterator:
+    """The collated batches of ``paths`` in order. With workers, the first batch is decoded here while
+    the workers start (forking them and their first batch would otherwise leave the model idle)."""
+    pin = bb.device.type == "cuda"
+    if not workers:
+        yield from _loader(paths, bb, max_pixels, batch_size, 0, pin)
+        return
+    first = min(batch_size, len(paths))
+    rest = iter(_loader(paths[first:], bb, max_pixels, batch_size, workers, pin, first)) if first < len(paths) else ()
+    head = _ImageDataset(paths[:first], bb.preprocessing, bb.decoder, max_pixels)
+    good, xb, bad, sources = _collate([head[i] for i in range(first)])
+    yield good, (xb.pin_memory() if pin and xb is not None else xb), bad, sources
+    yield from rest
 
 
 def calibration_ids(listing: ImageList, count: int = BN_IMAGES, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -194,6 +227,7 @@ def extract_features(
     bn_images: int = BN_IMAGES,
     commit_seconds: float = 1.0,
     prune: bool = False,
+    dtype: str = "float32",
 ) -> ExtractSummary:
     """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
 
@@ -203,10 +237,12 @@ def extract_features(
     bytes changed; ``prune`` drops rows whose image file is gone. Bad images go to the failed list.
     With ``--weights none`` the calibration images are the first ``bn_images`` readable images of
     the sorted full list, recorded with their sha256: a later run rebuilds the same network from them,
-    and refuses, naming them, when they changed.
+    and refuses, naming them, when they changed. ``dtype`` ``float16`` stores the values in half the
+    space (readers still get float32); a file is resumed only with the dtype it was made with.
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
+    check_dtype(dtype)
     out = Path(out)
     ensure_writable(out)  # before any model is loaded
     listing = list_inputs(images, root)
@@ -219,7 +255,7 @@ def extract_features(
     if backbone is not None:
         model, weights = backbone.config["model"], backbone.config["weights"]
         _check_match(state, backbone.config)
-    check_options(state, model, weights, image_size)  # before any model is loaded
+    check_options(state, model, weights, image_size, dtype)  # before any model is loaded
     if not plan.todo and not plan.bad_names:  # nothing to extract
         if state.parts or drop:  # merge what an interrupted run committed, or prune: no model needed
             ResumableWriter(out, state.config, state.dim, MATCH_KEYS).finalize(drop)
@@ -231,7 +267,8 @@ def extract_features(
             check_calibration(state.config, listing.root)
         calibrate(bb, listing.root, recorded or calibration_ids(listing, bn_images, max_pixels), max_pixels)
     config = dict(bb.config, created=datetime.now(UTC).isoformat(timespec="seconds"),
-                  image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels)
+                  image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels,
+                  dtype=dtype)
     writer = ResumableWriter(out, config, bb.dim, MATCH_KEYS)
     writer.redo(plan.changed + plan.retry)
     if plan.bad_names:
@@ -242,6 +279,11 @@ def extract_features(
     changed = len(set(plan.changed + plan.retry) - {i for i, _ in failed})
     return _summary(out, listing, plan, written, failed + plan.bad_names, time.perf_counter() - t0, len(drop),
                     changed)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
 
 
 def _check_match(state, config: dict) -> None:
@@ -271,38 +313,48 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
          max_pixels: int, quiet: bool, commit_seconds: float) -> tuple[int, list[tuple[str, str]]]:
     if not todo:
         return 0, []
-    loader = _loader([root / i for i in todo], bb, max_pixels, batch_size, workers, pin=bb.device.type == "cuda")
+    loader = _batches([root / i for i in todo], bb, max_pixels, batch_size, workers)
     written, failed = 0, []
     pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]], dict]] = []
-    spent = {"waiting for images": 0.0, "forward": 0.0, "writing": 0.0}
+    spent = {"waiting for images": 0.0, "forward": 0.0, "waiting for the writer": 0.0}
     bar = tqdm(total=len(todo), unit="img", disable=quiet or not sys.stderr.isatty(), desc="extract")
+    committing = None  # the commit in flight: at most one, so parts keep their order and memory stays bounded
     try:
-        t = last_commit = time.perf_counter()
-        for good, xb, bad, sources in loader:
-            t = _lap(spent, "waiting for images", t)
-            feats = bb.forward(bb.normalize(xb)).numpy() if xb is not None else np.zeros((0, bb.dim), np.float32)
-            t = _lap(spent, "forward", t)
-            pending.append(([todo[i] for i in good], feats, [(todo[i], why) for i, why in bad],
-                            {todo[i]: src for i, src in sources.items()}))
-            bar.update(len(good) + len(bad))
-            if t - last_commit >= commit_seconds:
-                written, failed = _commit(writer, pending, written, failed)
-                pending, last_commit = [], time.perf_counter()
-                bar.set_postfix(committed=written + len(failed))
-                t = _lap(spent, "writing", t)
-        written, failed = _commit(writer, pending, written, failed)
-        _lap(spent, "writing", t)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as pool:
+            t = last_commit = time.perf_counter()
+            for good, xb, bad, sources in loader:
+                t = _lap(spent, "waiting for images", t)
+                feats = bb.forward(bb.normalize(xb)).numpy() if xb is not None else np.zeros((0, bb.dim), np.float32)
+                t = _lap(spent, "forward", t)
+                pending.append(([todo[i] for i in good], feats, [(todo[i], why) for i, why in bad],
+                                {todo[i]: src for i, src in sources.items()}))
+                bar.update(len(good) + len(bad))
+                if t - last_commit >= commit_seconds:
+                    written, failed = _settle(committing, written, failed)
+                    committing, pending, last_commit = pool.submit(_commit, writer, pending), [], time.perf_counter()
+                    bar.set_postfix(committed=written + len(failed))
+                    t = _lap(spent, "waiting for the writer", t)
+            written, failed = _settle(committing, written, failed)
+            written, failed = _settle(pool.submit(_commit, writer, pending), written, failed)
+            _lap(spent, "waiting for the writer", t)
     finally:
         bar.close()
     log.info("extraction loop: %s", ", ".join(f"{v:.2f} s {k}" for k, v in spent.items()))
     return written, failed
 
 
-def _commit(writer: ResumableWriter, pending: list, written: int,
-            failed: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
-    """Durably write the pending batches as one part; returns the updated (written, failed)."""
-    if not pending:
+def _settle(commit, written: int, failed: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    """Wait for a commit in flight (its error is raised here) and add what it stored."""
+    if commit is None:
         return written, failed
+    n, bad = commit.result()
+    return written + n, failed + bad
+
+
+def _commit(writer: ResumableWriter, pending: list) -> tuple[int, list[tuple[str, str]]]:
+    """Durably write the pending batches as one part; returns (rows stored, [(id, reason)] failed)."""
+    if not pending:
+        return 0, []
     ids = [i for batch_ids, _, _, _ in pending for i in batch_ids]
     bad = [pair for _, _, batch_bad, _ in pending for pair in batch_bad]
     sources = {i: src for _, _, _, batch_sources in pending for i, src in batch_sources.items()}
@@ -315,7 +367,7 @@ def _commit(writer: ResumableWriter, pending: list, written: int,
     writer.commit(ids, feats, bad, sources)
     for i, why in bad:
         log.info("failed: %s: %s", i, why)
-    return written + len(ids), failed + bad
+    return len(ids), bad
 
 
 def _lap(spent: dict[str, float], key: str, since: float) -> float:

@@ -32,6 +32,7 @@ from extract.store import (
     SourceStat,
     _read_sources,
     open_features,
+    recorded,
     storable_id,
     write_error,
 )
@@ -127,9 +128,10 @@ class ResumableWriter:
         if dim != self.dim:
             raise UserError(f"{where} holds {dim}-d features but this run makes {self.dim}-d ones; pass another output file")
         for key in self.match_keys:
-            if key in other and other.get(key) != self.config.get(key):
+            theirs = recorded(other, key)
+            if theirs is not None and theirs != recorded(self.config, key):
                 raise UserError(
-                    f"{where} was made with {key}={other.get(key)!r} but this run has {key}={self.config.get(key)!r}; "
+                    f"{where} was made with {key}={theirs!r} but this run has {key}={recorded(self.config, key)!r}; "
                     "use the same options to resume, or pass another output file"
                 )
 
@@ -200,20 +202,21 @@ class ResumableWriter:
             return self.out
         sources = ([self.out] if self.out.exists() else []) + parts
         owner: dict[str, tuple[int, bool]] = {}  # id -> (source that holds its latest record, stored ok)
-        rows = 0
+        listed: list[tuple[list[str], list[str]]] = []  # (ids, failed ids) of each source, read once
         for s, path in enumerate(sources):
             with h5py.File(path, "r") as f:
-                for i in f["ids"].asstr()[...]:
-                    owner[i] = (s, True)
-                for i in f["failed/ids"].asstr()[...]:
-                    owner[i] = (s, False)
-                rows += f["ids"].shape[0]
+                listed.append((list(f["ids"].asstr()[...]), list(f["failed/ids"].asstr()[...])))
+            owner.update((i, (s, True)) for i in listed[-1][0])
+            owner.update((i, (s, False)) for i in listed[-1][1])
+        rows = sum(len(ids) for ids, _ in listed)
         try:
             with atomic_path(self.out) as tmp, h5py.File(tmp, "w") as dst:
                 b = FeatureBuilder(dst, self.dim, self.config, rows)
+                batch = _Batch(b)
                 for s, path in enumerate(sources):
                     with h5py.File(path, "r") as src:
-                        _copy_rows(src, b, s, owner, drop)
+                        _copy_rows(src, *listed[s], batch, s, owner, drop)
+                batch.flush()
                 b.seal()
         except OSError as exc:
             raise write_error(exc, self.out, "the existing file and the committed parts are kept; the merge runs "
@@ -222,11 +225,43 @@ class ResumableWriter:
         return self.out
 
 
-def _copy_rows(src: h5py.File, b: FeatureBuilder, s: int, owner: dict, drop: set[str]) -> None:
+class _Batch:
+    """Rows and failed records on their way into a :class:`FeatureBuilder`, appended ``BLOCK_ROWS`` at a time.
+
+    A run commits a part about every second, so a merge reads thousands of small parts; one append per
+    part would spend most of the merge in HDF5's per-call overhead.
+    """
+
+    def __init__(self, b: FeatureBuilder):
+        self.b = b
+        self.rows: list[tuple[list[str], np.ndarray, list]] = []
+        self.failed: list[tuple[list, list]] = []
+        self.n = 0
+
+    def add(self, ids: list[str], xb: np.ndarray, sources: list) -> None:
+        self.rows.append((ids, xb, sources))
+        self.n += len(ids)
+        if self.n >= BLOCK_ROWS:
+            self.flush()
+
+    def add_failed(self, pairs: list, sources: list) -> None:
+        self.failed.append((pairs, sources))
+
+    def flush(self) -> None:
+        if self.rows:
+            self.b.add([i for ids, _, _ in self.rows for i in ids], np.concatenate([x for _, x, _ in self.rows]),
+                       [s for _, _, srcs in self.rows for s in srcs])
+        if self.failed:
+            self.b.add_failed([p for pairs, _ in self.failed for p in pairs],
+                              [s for _, srcs in self.failed for s in srcs])
+        self.rows, self.failed, self.n = [], [], 0
+
+
+def _copy_rows(src: h5py.File, ids: list[str], fids: list[str], b: _Batch, s: int, owner: dict,
+               drop: set[str]) -> None:
     """Copy the rows and failed records of source ``s`` that are its ids' latest record and not dropped."""
-    ids = list(src["ids"].asstr()[...])
-    srcs = _read_sources(src, "sources", len(ids))
     keep = np.array([owner.get(i) == (s, True) and i not in drop for i in ids], dtype=bool)
+    srcs = _read_sources(src, "sources", len(ids)) if keep.any() else []
     for start in range(0, len(ids), BLOCK_ROWS):
         mask = keep[start : start + BLOCK_ROWS]
         if not mask.any():
@@ -234,8 +269,8 @@ def _copy_rows(src: h5py.File, b: FeatureBuilder, s: int, owner: dict, drop: set
         block = src["features"][start : start + BLOCK_ROWS][mask]
         chosen = np.flatnonzero(mask) + start
         b.add([ids[r] for r in chosen], block, [srcs[r] for r in chosen])
-    fids = list(src["failed/ids"].asstr()[...])
-    reasons = list(src["failed/reasons"].asstr()[...])
-    fsrcs = _read_sources(src, "failed", len(fids))
     pick = [r for r, i in enumerate(fids) if owner.get(i) == (s, False) and i not in drop]
-    b.add_failed([(fids[r], reasons[r]) for r in pick], [fsrcs[r] for r in pick])
+    if pick:
+        reasons = list(src["failed/reasons"].asstr()[...])
+        fsrcs = _read_sources(src, "failed", len(fids))
+        b.add_failed([(fids[r], reasons[r]) for r in pick], [fsrcs[r] for r in pick])

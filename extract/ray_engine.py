@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from extract.collection import plan_run, read_source
 from extract.core.errors import UserError
 from extract.features import (
     BN_IMAGES,
@@ -34,6 +35,7 @@ from extract.features import (
     ExtractSummary,
     calibrate,
     calibration_ids,
+    check_dtype,
 )
 from extract.images import (
     DEFAULT_MAX_PIXELS,
@@ -43,7 +45,7 @@ from extract.images import (
     recorded_preprocessing,
 )
 from extract.inputs import list_inputs
-from extract.parts import ResumableWriter
+from extract.parts import ResumableWriter, read_state
 from extract.shards import ShardRecord, ShardStore
 from extract.store import open_features
 
@@ -52,17 +54,26 @@ log = logging.getLogger(__name__)
 RAY_HINT = "pip install 'buscador[ray]'"
 
 
+_SOURCE_COLUMNS = ("size", "mtime_ns", "sha256")
+
+
 def _decode(batch: dict, root: str, preprocessing: dict, decoder: dict, max_pixels: int) -> dict:
-    """Ray task: ``{shard, id}`` rows -> ``+ image (n, S, S, 3) uint8, reason ('' when readable)``."""
+    """Ray task: ``{shard, id}`` rows -> ``+ image (n, S, S, 3) uint8, reason ('' when readable)`` and the
+    source record ``size, mtime_ns, sha256`` of the bytes decoded (each file is read once, as locally)."""
     pre, dec = Preprocessing.from_config(preprocessing), Decoder.from_config(decoder)
     images = np.zeros((len(batch["id"]), pre.crop, pre.crop, 3), np.uint8)
-    reasons = []
+    reasons, sources = [], []
     for r, i in enumerate(batch["id"]):
-        arr, reason = prepare_image(Path(root) / str(i), pre, max_pixels, dec)
+        path = Path(root) / str(i)
+        data, source = read_source(path)
+        arr, reason = prepare_image(path, pre, max_pixels, dec, data)
         if arr is not None:
             images[r] = arr
         reasons.append(reason or "")
-    return {"shard": batch["shard"], "id": batch["id"], "image": images, "reason": np.array(reasons, dtype=object)}
+        sources.append(source)
+    return {"shard": batch["shard"], "id": batch["id"], "image": images, "reason": np.array(reasons, dtype=object),
+            "size": np.array([s[0] for s in sources], np.int64), "mtime_ns": np.array([s[1] for s in sources], np.int64),
+            "sha256": np.array([s[2] for s in sources], dtype=object)}
 
 
 class _Embedder:
@@ -104,7 +115,8 @@ class _Embedder:
             if self.pin:
                 x = x.pin_memory()  # page-locked host buffer: the copy to the GPU overlaps the previous batch
             feats[ok] = self.bb.forward(self.bb.normalize(x)).numpy()[: int(ok.sum())]
-        return {"shard": batch["shard"], "id": batch["id"], "feature": feats, "reason": batch["reason"]}
+        return {"shard": batch["shard"], "id": batch["id"], "feature": feats, "reason": batch["reason"],
+                **{c: batch[c] for c in _SOURCE_COLUMNS}}
 
 
 def _connect(address: str | None, num_cpus: int | None):
@@ -154,22 +166,23 @@ def gather_shards(ds, plan: dict[int, list[str]], shards: ShardStore, on_shard, 
 
     ``tally`` counts what this run wrote (``written``: rows, ``failed``: ``[(id, reason)]``).
     """
-    pending: dict[int, dict[str, tuple[np.ndarray | None, str]]] = {}
+    pending: dict[int, dict[str, tuple[np.ndarray | None, str, tuple[int, int, str]]]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for k, i, feat, why in zip(batch["shard"], batch["id"], batch["feature"], batch["reason"]):
+        for k, i, feat, why, *source in zip(batch["shard"], batch["id"], batch["feature"], batch["reason"],
+                                            *(batch[c] for c in _SOURCE_COLUMNS)):
             k, i = int(k), str(i)
             if k in shards.records:
                 continue  # a retried batch delivered again after its shard was written
             rows = pending.setdefault(k, {})
             if i in rows:
                 continue  # delivered twice: keep the first copy
-            rows[i] = (None if why else feat, str(why))
+            rows[i] = (None if why else feat, str(why), (int(source[0]), int(source[1]), str(source[2])))
             bar.update(1)
             if len(rows) == len(plan[k]):
                 ids = [j for j in plan[k] if rows[j][0] is not None]
                 bad = [(j, rows[j][1]) for j in plan[k] if rows[j][0] is None]
                 xb = np.stack([rows[j][0] for j in ids]) if ids else np.zeros((0, shards.dim), np.float32)
-                rec = shards.write(k, ids, xb, bad)
+                rec = shards.write(k, ids, xb, bad, {j: rows[j][2] for j in plan[k]})
                 del pending[k]
                 tally["written"] += len(ids)
                 tally["failed"] += bad
@@ -202,6 +215,7 @@ def extract_features_ray(
     attempts: int = 3,
     num_cpus: int | None = None,
     on_shard: Callable[[ShardRecord], None] | None = None,
+    dtype: str = "float32",
 ) -> ExtractSummary:
     """Extract features of ``images`` into ``out`` on Ray; the same file, ids and failed list as the local engine.
 
@@ -211,8 +225,11 @@ def extract_features_ray(
     grouped into shards of ``shard_size`` rows; a run that fails or is killed resumes from the
     manifest, and a failed Ray job is retried ``attempts`` times in all. ``virtual`` leaves the shards
     in place and makes ``out`` a virtual dataset over them instead of merging (the disk holds the
-    features once). ``on_shard`` is called with each finished shard's record.
+    features once). ``on_shard`` is called with each finished shard's record. ``dtype`` as locally.
+    Shards record each row's source (size, mtime, sha256), so a later run, on either engine, extracts
+    only new and changed images; images that changed since ``out`` was made are extracted again.
     """
+    check_dtype(dtype)
     if batch_size < 1 or actors < 1 or shard_size < 1 or attempts < 1 or gpus_per_actor < 0 or cpus_per_actor <= 0:
         raise UserError("--batch-size, --actors, --shard-size must be >= 1, --gpus-per-actor >= 0, --cpus-per-actor > 0")
     if limit is not None and limit < 1:
@@ -231,14 +248,18 @@ def extract_features_ray(
         calibrate(bb, listing.root, calibration_ids(listing, bn_images, max_pixels), max_pixels)
     config = dict(bb.config, created=datetime.now(UTC).isoformat(timespec="seconds"),
                   image_root=str(listing.root.resolve()), images=str(listing.source), max_pixels=max_pixels,
-                  engine="ray", shard_size=shard_size)
+                  engine="ray", shard_size=shard_size, dtype=dtype)
     bb.config = config
     shards = ShardStore(out, config, bb.dim, MATCH_KEYS)
     if not virtual and shards.is_virtual_output():
         raise UserError(f"{out} is a virtual file over {shards.folder}; pass --virtual to add images to it")
     writer = None if virtual else ResumableWriter(out, config, bb.dim, MATCH_KEYS)
     ids = listing.ids[:limit] if limit else listing.ids
-    done = shards.done | (writer.done if writer is not None else set())
+    plan = plan_run(listing, ids, read_state(out)) if writer is not None else None
+    if plan is not None:
+        writer.redo(plan.changed + plan.retry)  # their rows from the shards replace the stored ones
+    redo = set(plan.changed + plan.retry) if plan is not None else set()
+    done = shards.done | ((writer.done - redo) if writer is not None else set())
     skipped = sum(1 for i in ids if i in done)
     t0 = time.perf_counter()
     written, failed = 0, []

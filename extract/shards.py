@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,16 @@ import numpy as np
 from extract.core.errors import UserError
 from extract.core.files import atomic_path
 from extract.parts import ResumableWriter
-from extract.store import ContentHash, fingerprint, open_features, write_features
+from extract.store import (
+    NO_SOURCE,
+    ContentHash,
+    SourceStat,
+    fingerprint,
+    open_features,
+    recorded,
+    storage_dtype,
+    write_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +135,11 @@ class ShardStore:
             raise UserError(f"{where} holds {dim}-d features but this run makes {self.dim}-d ones; "
                             f"pass another output file or remove {self.folder}")
         for key in self.match_keys:
-            if key in other and other.get(key) != self.config.get(key):
-                raise UserError(f"{where} was made with {key}={other.get(key)!r} but this run has "
-                                f"{key}={self.config.get(key)!r}; use the same options to resume, or remove {self.folder}")
+            theirs = recorded(other, key)
+            if theirs is not None and theirs != recorded(self.config, key):
+                raise UserError(f"{where} was made with {key}={theirs!r} but this run has "
+                                f"{key}={recorded(self.config, key)!r}; use the same options to resume, or remove "
+                                f"{self.folder}")
 
     def _save_manifest(self) -> None:
         doc = {"manifest_version": MANIFEST_VERSION, "dim": self.dim, "config": self.config,
@@ -146,15 +157,22 @@ class ShardStore:
         return max(self.records, default=-1) + 1
 
     # -- write ------------------------------------------------------------------------------------
-    def write(self, index: int, ids: Sequence[str], xb: np.ndarray, failed: Sequence[tuple[str, str]]) -> ShardRecord:
-        """Write shard ``index`` (``xb`` is ``(len(ids), D)``) atomically and list it in the manifest."""
+    def write(self, index: int, ids: Sequence[str], xb: np.ndarray, failed: Sequence[tuple[str, str]],
+              sources: Mapping[str, SourceStat] | None = None) -> ShardRecord:
+        """Write shard ``index`` (``xb`` is ``(len(ids), D)``) atomically and list it in the manifest.
+
+        ``sources`` maps ids (rows and failed) to their source record (size, mtime_ns, sha256).
+        """
         if index in self.records:
             raise ValueError(f"shard {index} is already written")
-        xb = np.asarray(xb, dtype=np.float32).reshape(len(ids), self.dim)
+        ids, xb, failed = self._storable(list(ids), np.asarray(xb, dtype=np.float32).reshape(len(ids), self.dim),
+                                         list(failed))
         sha = content_sha256(ids, xb, failed)
         name = f"shard-{index:06d}.h5"
+        sources = sources or {}
         try:
-            write_features(self.folder / name, ids, xb, dict(self.config, shard=index, content_sha256=sha), failed)
+            write_features(self.folder / name, ids, xb, dict(self.config, shard=index, content_sha256=sha), failed,
+                           [sources.get(i, NO_SOURCE) for i in ids], [sources.get(i, NO_SOURCE) for i, _ in failed])
         except OSError as exc:
             raise UserError(f"cannot write shard {self.folder / name} ({exc.strerror or exc}); free space or fix "
                             "permissions and run the same command again: finished shards are kept") from None
@@ -165,14 +183,28 @@ class ShardStore:
         self._save_manifest()
         return rec
 
+    def _storable(self, ids: list[str], xb: np.ndarray,
+                  failed: list[tuple[str, str]]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+        """The rows as the store keeps them (values rounded to the run's dtype, non-finite rows failed), so
+        the shard's content hash is that of what a reader gets back."""
+        with np.errstate(over="ignore"):
+            kept = xb.astype(storage_dtype(self.config)).astype(np.float32)
+        bad = ~np.isfinite(kept).all(axis=1)
+        if not bad.any():
+            return ids, kept, failed
+        beyond = np.isfinite(xb).all(axis=1)
+        failed = failed + [(ids[r], f"features beyond {storage_dtype(self.config)} range; extract with --dtype float32"
+                            if beyond[r] else "the model gave NaN or inf features") for r in np.flatnonzero(bad)]
+        return [ids[r] for r in np.flatnonzero(~bad)], kept[~bad], failed
+
     # -- the final file ---------------------------------------------------------------------------
-    def _verified(self, rec: ShardRecord) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    def _verified(self, rec: ShardRecord) -> tuple[list[str], np.ndarray, list[tuple[str, str]], dict]:
         ff = open_features(self.folder / rec.file)
         xb = ff.load()
         if rec.content_sha256 and content_sha256(ff.ids, xb, ff.failed) != rec.content_sha256:
             raise UserError(f"shard {ff.path} does not match its content fingerprint {rec.content_sha256[:16]}; "
                             "delete it and run again to redo its images")
-        return ff.ids, xb, ff.failed
+        return ff.ids, xb, ff.failed, ff.sources()
 
     def merge(self, writer: ResumableWriter) -> Path:
         """Commit every shard (in shard order, content verified) through ``writer``, finalize, drop the shards."""
@@ -181,8 +213,8 @@ class ShardStore:
                             "(merging would remove the shards it reads)")
         try:
             for index in sorted(self.records):
-                ids, xb, failed = self._verified(self.records[index])
-                writer.commit(ids, xb, failed)
+                ids, xb, failed, sources = self._verified(self.records[index])
+                writer.commit(ids, xb, failed, sources)
             out = writer.finalize()
         except OSError as exc:
             raise UserError(f"cannot merge the shards into {self.out} ({exc.strerror or exc}); free space (or pass "
@@ -212,16 +244,19 @@ class ShardStore:
         ids: list[str] = []
         failed: list[tuple[str, str]] = []
         sources = []
+        stats: dict[str, SourceStat] = {}
         for rec in recs:
             ff = open_features(self.folder / rec.file)
             ids += ff.ids
             failed += ff.failed
+            stats.update(ff.sources())
             sources.append((f"{self.folder.name}/{rec.file}", len(ff)))
         if len(set(ids)) != len(ids):
             raise UserError(f"shards in {self.folder} hold duplicate ids; remove the folder and run again")
         base = self.folder / "virtual-base.h5"  # the store's layout and attrs, then /features swapped
-        write_features(base, [], np.zeros((0, self.dim), np.float32), self.config, failed)
-        layout = h5py.VirtualLayout(shape=(len(ids), self.dim), dtype=np.float32)
+        write_features(base, [], np.zeros((0, self.dim), np.float32), self.config, failed, None,
+                       [stats[i] for i, _ in failed])
+        layout = h5py.VirtualLayout(shape=(len(ids), self.dim), dtype=storage_dtype(self.config))
         start = 0
         for name, n in sources:
             if n:
@@ -234,6 +269,7 @@ class ShardStore:
                     del f["ids"], f["features"]
                     f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
                     f.create_virtual_dataset("features", layout)
+                    _replace_sources(f["sources"], [stats[i] for i in ids])
                 f.attrs["count"] = len(ids)
                 f.attrs["virtual_shards"] = self.folder.name
                 h = ContentHash(self.dim)  # the shards' rows in order, as the store hashes a written file
@@ -246,3 +282,11 @@ class ShardStore:
                 f.attrs["fingerprint"] = fingerprint(h.content_sha256, json.loads(f.attrs["config"]))
         base.unlink()
         return self.out
+
+
+def _replace_sources(g: h5py.Group, stats: Sequence[SourceStat]) -> None:
+    """Rewrite a store file's ``/sources`` datasets with one record per row, in the store's dtypes."""
+    for name, values in zip(("size", "mtime_ns", "sha256"), zip(*stats)):
+        dtype = g[name].dtype
+        del g[name]
+        g.create_dataset(name, data=np.array([v.encode("ascii") if isinstance(v, str) else v for v in values], dtype))

@@ -56,3 +56,16 @@ def test_same_space_refuses_another_backbone_weights_or_preprocessing(tmp_path, 
         check_same_space(a, other, "the model was trained on", "b.h5", "retrain")
     with pytest.raises(UserError, match=r"4-d resnet18 features .* but c.h5 holds 6-d resnet18 ones; retrain"):
         check_same_space(a, _ff(tmp_path, "c.h5", d=6), "the model was trained on", "c.h5", "retrain")
+
+
+def test_identity_records_the_storage_dtype_and_a_mismatch_names_it(tmp_path):
+    xb = np.ones((2, 4), np.float32)
+    cfg = {"model": "resnet18", "weights": "none", "dim": 4}
+    a = open_features(write_features(tmp_path / "a.h5", ["x", "y"], xb, cfg))
+    b = open_features(write_features(tmp_path / "b.h5", ["x", "y"], xb, dict(cfg, dtype="float16")))
+    ia, ib = FeatureIdentity.of(a), FeatureIdentity.of(b)
+    assert (ia.dtype, ib.dtype) == ("float32", "float16")  # a file without the key is float32
+    assert FeatureIdentity.from_record(ib.record()) == ib and "stored as float16" in ib.label()
+    with pytest.raises(UserError, match="dtype float32 vs float16"):
+        check_same_file(ia, b, "the index", "rebuild it")
+    check_same_space(ia, b, "the text encoder was trained on", "b.h5", "retrain")  # same space: accepted

@@ -78,7 +78,8 @@ def test_extract_matches_per_image_reference(tmp_path):
     assert ff.config["model"] == "resnet18" and ff.config["bn_recalibrated"] and ff.config["image_size"] == 32
     assert ff.config["preprocessing"] == {"resize": 37, "crop": 32, "interpolation": "bilinear",  # 32 * 256 / 224
                                           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    assert ff.config["decoder"] == {"library": default_decoder().library, "jpeg_scaling": True}
+    assert ff.config["decoder"] == {"library": default_decoder().library, "jpeg_scaling": True,
+                                    "resampler": "torchvision"}
     feats = ff.load()
     assert np.isfinite(feats).all() and 1e-2 < feats.std() < 1e2
     xq, failed = embed_images([tmp_path / "imgs" / good[3], tmp_path / "imgs" / "text.jpg"], tmp_path / "f.h5")
@@ -130,10 +131,14 @@ def test_resume_with_other_preprocessing_or_decoder_is_refused_naming_both(tmp_p
     pil = load_backbone("resnet18", "none", "cpu", 32, decoder=Decoder("pil"))
     extract_features(tmp_path / "imgs", out, workers=0, backbone=pil, **{k: TINY[k] for k in ("batch_size", "quiet")})
     other = load_backbone("resnet18", "none", "cpu", 32, decoder=Decoder("simplejpeg"))
-    with pytest.raises(UserError, match="decoder={'jpeg_scaling': True, 'library': 'pil'} but this run has "
-                                        "decoder={'library': 'simplejpeg', 'jpeg_scaling': True}") as err:
+    with pytest.raises(UserError, match="decoder={'jpeg_scaling': True, 'library': 'pil', 'resampler': 'pil'} but "
+                                        "this run has decoder={'library': 'simplejpeg', 'jpeg_scaling': True, "
+                                        "'resampler': 'pil'}") as err:
         extract_features(tmp_path / "imgs", out, workers=0, backbone=other, quiet=True)
     assert "\n" not in str(err.value)
+    resampled = load_backbone("resnet18", "none", "cpu", 32, decoder=Decoder("pil", resampler="torchvision"))
+    with pytest.raises(UserError, match="'resampler': 'pil'} but this run has decoder=.*'resampler': 'torchvision'"):
+        extract_features(tmp_path / "imgs", out, workers=0, backbone=resampled, quiet=True)
     bicubic = load_backbone("resnet18", "none", "cpu", decoder=Decoder("pil"),
                             preprocessing=Preprocessing(37, 32, "bicubic"))
     with pytest.raises(UserError, match="was made with preprocessing=.*'bilinear'.* but this run has "
@@ -240,3 +245,25 @@ def test_cuda_autocast_matches_cpu(tmp_path):
     a, b = _by_id(tmp_path / "cpu.h5", good), _by_id(tmp_path / "gpu.h5", good)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99  # fp16/bf16 autocast on the GPU, fp32 on the CPU
+
+
+def test_float16_extraction_is_the_float32_one_rounded_and_resumes_only_as_float16(tmp_path, monkeypatch):
+    import extract.features
+
+    good, _ = draw_dataset(tmp_path / "imgs", 6)
+    extract_features(tmp_path / "imgs", tmp_path / "f32.h5", workers=0, **TINY)
+    extract_features(tmp_path / "imgs", tmp_path / "f16.h5", workers=0, limit=4, dtype="float16", **TINY)
+    with monkeypatch.context() as m:  # refused before any model is loaded
+        m.setattr(extract.features, "load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(UserError, match="dtype='float16' but this run has dtype='float32'"):
+            extract_features(tmp_path / "imgs", tmp_path / "f16.h5", workers=0, **TINY)
+    s = extract_features(tmp_path / "imgs", tmp_path / "f16.h5", workers=0, dtype="float16", **TINY)
+    assert (s.written, s.skipped) == (2, 4)
+    full, half = open_features(tmp_path / "f32.h5"), open_features(tmp_path / "f16.h5")
+    assert (half.dtype, half.config["dtype"], full.config["dtype"]) == ("float16", "float16", "float32")
+    x32, x16 = _by_id(tmp_path / "f32.h5", good), _by_id(tmp_path / "f16.h5", good)
+    assert x16.dtype == np.float32
+    bound = np.abs(x32) * 2.0**-11 + 2.0**-24 + TOL["atol"]  # half-precision rounding on top of batch-order noise
+    assert np.all(np.abs(x16 - x32) <= bound)
+    with pytest.raises(UserError, match="unknown --dtype 'bfloat16'"):
+        extract_features(tmp_path / "imgs", tmp_path / "g.h5", workers=0, dtype="bfloat16", **TINY)

@@ -15,10 +15,12 @@ from PIL import Image, ImageDraw
 from extract.core.errors import UserError
 from extract.images import (
     DECODERS,
+    RESAMPLERS,
     Decoder,
     Preprocessing,
     list_images,
     load_image,
+    load_pixels,
     prepare_image,
     recorded_preprocessing,
 )
@@ -362,4 +364,52 @@ def test_simplejpeg_decoder_needs_its_package(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "simplejpeg" else real(name, *a))
     with pytest.raises(UserError, match="pip install simplejpeg"):
         Decoder("simplejpeg")
-    assert default_decoder() == Decoder("pil")
+    assert default_decoder() == Decoder("pil", True, "torchvision")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(300, 200), (180, 260), (500, 375)])
+def test_torchvision_resampler_is_the_weights_transforms(tmp_path, interpolation, size):
+    import torch
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+
+    im = _scene(size)
+    im.save(tmp_path / "s.png")
+    mode = T.InterpolationMode(interpolation)
+    pre, dec = Preprocessing(116, 112, interpolation), Decoder("pil", resampler="torchvision")
+    arr, reason = prepare_image(tmp_path / "s.png", pre, decoder=dec)
+    assert reason is None and arr.shape == (112, 112, 3) and arr.dtype == np.uint8 and arr.flags.writeable
+    on_tensor = v2.Compose([v2.Resize(116, interpolation=mode, antialias=True), v2.CenterCrop(112)])
+    assert np.array_equal(arr, on_tensor(torch.from_numpy(np.array(im)).permute(2, 0, 1)).permute(1, 2, 0).numpy())
+    on_pil = np.asarray(T.Compose([T.Resize(116, interpolation=mode), T.CenterCrop(112)])(im)).astype(int)
+    diff = np.abs(arr.astype(int) - on_pil)
+    assert diff.max() <= 1 and diff.mean() < 0.01  # torch's uint8 resample rounds like Pillow's to within one level
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_simplejpeg_orientation_table_matches_pillow(tmp_path, orientation):
+    im = _scene((40, 24))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "o.jpg", exif=exif, quality=95)
+    a, _ = load_pixels(tmp_path / "o.jpg", library="pil")
+    b, _ = load_pixels(tmp_path / "o.jpg", library="simplejpeg")
+    assert a.shape == b.shape == ((24, 40, 3) if orientation < 5 else (40, 24, 3))
+    assert b.flags.c_contiguous and np.abs(a.astype(int) - b.astype(int)).max() <= 3
+
+
+def test_resampler_is_recorded_and_older_files_resampled_with_pillow():
+    assert RESAMPLERS == ("pil", "torchvision")
+    assert Decoder.from_config({"library": "simplejpeg", "jpeg_scaling": True}) == Decoder("simplejpeg", True, "pil")
+    dec = Decoder("simplejpeg", True, "torchvision")
+    assert Decoder.from_config(dec.to_config()) == dec and dec.to_config()["resampler"] == "torchvision"
+    assert "resized by torchvision" in dec.describe()
+    with pytest.raises(UserError, match="unknown resampler 'cv2'"):
+        Decoder(resampler="cv2")
+    with pytest.raises(UserError, match="no 'lanczos' interpolation"):
+        dec.check(Preprocessing(256, 224, "lanczos"))
+    from extract.images import default_decoder
+
+    assert default_decoder(Preprocessing(256, 224, "lanczos")).resampler == "pil"
+    assert default_decoder(Preprocessing(256, 224, "bicubic")).resampler == "torchvision"

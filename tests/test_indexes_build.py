@@ -144,3 +144,25 @@ def test_build_from_synthetic_blocks_equals_flat_reference():
     _, gt = _exact(xb, xq, 10, "cosine")
     _, I = search(built.index, normalize_rows(xq.copy()), 10)
     assert np.array_equal(I, gt)
+
+
+def test_index_over_a_float16_file_matches_exact_search_on_its_values(tmp_path):
+    from indexes.build import build_index_dir
+    from indexes.search import Collection
+
+    xb = clustered(2000, D, seed=11)
+    path = write_features(tmp_path / "f16.h5", [f"img/{i:05d}.png" for i in range(2000)], xb,
+                          {"model": "resnet152", "image_size": 224, "dtype": "float16"})
+    stored = xb.astype(np.float16).astype(np.float32)  # what the file holds
+    xq = clustered_queries(30, 2000, D, seed=11)
+    _, gt = _exact(stored, xq, 10, "cosine")
+    built = build_index(path, IndexConfig(factory="Flat"), quiet=True)
+    _, I = search(built.index, normalize_rows(xq.copy()), 10)
+    assert np.array_equal(I, gt)
+    _, gt32 = _exact(xb, xq, 10, "cosine")
+    assert recall_at(I, gt32, 10) >= 0.99  # half precision barely moves the neighbours
+    meta = build_index_dir(path, tmp_path / "index", IndexConfig(factory="HNSW32"), quiet=True)
+    assert meta["n"] == 2000 and meta["update"]["action"] == "built"
+    col = Collection(tmp_path / "index", path)
+    res = col.search_ids(["img/00005.png"], 3)
+    assert res.hits[0][0].id == "img/00005.png"  # a stored row finds itself first

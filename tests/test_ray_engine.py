@@ -234,9 +234,12 @@ class _Rows:
 
 
 def _batch(rows, dim=2):
+    """Rows ``(shard, id, value)``; each carries the source record ``(100 + value, 7, id * 64)``."""
     return {"shard": np.array([k for k, _, _ in rows]), "id": np.array([i for _, i, _ in rows], dtype=object),
             "feature": np.array([np.full(dim, v, np.float32) for _, _, v in rows]).reshape(len(rows), dim),
-            "reason": np.array(["bad" if v < 0 else "" for _, _, v in rows], dtype=object)}
+            "reason": np.array(["bad" if v < 0 else "" for _, _, v in rows], dtype=object),
+            "size": np.array([100 + v for _, _, v in rows], np.int64), "mtime_ns": np.full(len(rows), 7, np.int64),
+            "sha256": np.array([i * 64 for _, i, _ in rows], dtype=object)}
 
 
 def test_gathering_is_order_free_and_takes_each_id_once(tmp_path):
@@ -255,6 +258,8 @@ def test_gathering_is_order_free_and_takes_each_id_once(tmp_path):
     s0, s1 = open_features(store.folder / "shard-000000.h5"), open_features(store.folder / "shard-000001.h5")
     assert s0.ids == ["a", "b", "c"] and s1.ids == ["d"] and s1.failed == [("e", "bad")]
     np.testing.assert_array_equal(s0.load()[:, 0], [1, 2, 3])  # plan order, first copy of "b"
+    assert s0.sources() == {"a": (101, 7, "a" * 64), "b": (102, 7, "b" * 64), "c": (103, 7, "c" * 64)}
+    assert s1.sources() == {"d": (104, 7, "d" * 64), "e": (99, 7, "e" * 64)}  # the failed image's too
     with pytest.raises(RuntimeError, match="1 shards came back incomplete"):
         gather_shards(_Rows([_batch([(2, "f", 1)])]), {2: ["f", "g"]}, store, None, _NoBar(), tally)
 
@@ -262,3 +267,59 @@ def test_gathering_is_order_free_and_takes_each_id_once(tmp_path):
 class _NoBar:
     def update(self, _n):
         pass
+
+
+def test_ray_file_records_each_rows_source_and_updates_incrementally(ray_cluster, corpus, tmp_path):
+    """A Ray-built file holds each image's (size, mtime, sha256); either engine then redoes only what changed."""
+    import shutil
+    import time
+
+    from extract.collection import source_stat
+    from extract.ray_engine import extract_features_ray
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus[0], folder)
+    out, opts = tmp_path / "ray.h5", dict(TINY, batch_size=4, bn_images=8)
+    extract_features_ray(folder, out, shard_size=5, **opts)
+    ff = open_features(out)
+    assert ff.sources() == {i: source_stat(folder / i) for i in [*ff.ids, *(i for i, _ in ff.failed)]}
+    late = sorted(ff.ids)[-3:]  # not among the 8 calibration images (the first readable ones, sorted)
+
+    def edit(name, color):
+        time.sleep(0.01)  # a new mtime even on coarse clocks
+        Image.new("RGB", (52, 61), color).save(folder / name)
+
+    edit(late[0], (10, 200, 30))
+    edit("new.jpg", (200, 10, 30))
+    s = extract_features(folder, out, workers=0, **opts)  # the local engine on the Ray-built file
+    assert (s.written, s.changed, s.skipped, s.total_rows) == (2, 1, 25, 25)
+    edit(late[1], (90, 90, 250))
+    s = extract_features_ray(folder, out, shard_size=5, **opts)  # and the Ray engine on its own file
+    assert (s.written, s.skipped, s.total_rows) == (1, 26, 25)
+    fresh = tmp_path / "fresh.h5"
+    extract_features(folder, fresh, workers=0, **opts)
+    ff, ref = open_features(out), open_features(fresh)
+    assert sorted(ff.ids) == sorted(ref.ids) and ff.failed == ref.failed
+    rows, ref_rows = ff.row_of(), ref.row_of()
+    for i in (late[0], late[1], "new.jpg", late[2]):  # other batch sizes here: float32 rounding differs a little
+        np.testing.assert_allclose(ff.load([rows[i]]), ref.load([ref_rows[i]]), rtol=1e-4, atol=ATOL, err_msg=i)
+    assert ff.sources() == {i: source_stat(folder / i) for i in [*ff.ids, *(i for i, _ in ff.failed)]}
+
+
+@pytest.mark.parametrize("virtual", [False, True])
+def test_float16_shards_merge_or_read_virtually_as_the_rounded_values(tmp_path, virtual):
+    from extract.parts import ResumableWriter
+
+    out, config = tmp_path / "f.h5", {"model": "m", "dim": 3, "dtype": "float16"}
+    xb = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32) * 100
+    store = ShardStore(out, config, 3, MATCH_KEYS)
+    store.write(0, ["a", "b"], xb[:2], [])
+    store.write(1, ["c", "d", "e"], xb[2:], [], {"c": (5, 6, "c" * 64)})
+    store.write_virtual() if virtual else store.merge(ResumableWriter(out, config, 3, MATCH_KEYS))
+    ff = open_features(out)
+    assert ff.ids == ["a", "b", "c", "d", "e"] and ff.dtype == "float16"
+    np.testing.assert_array_equal(ff.load(), xb.astype(np.float16).astype(np.float32))
+    ff.verify()
+    assert ff.sources()["c"] == (5, 6, "c" * 64)
+    with pytest.raises(UserError, match="dtype='float16' but this run has dtype='float32'"):
+        ShardStore(tmp_path / "g.h5", dict(config, dtype="float32"), 3, MATCH_KEYS)._check(config, 3, "shard")

@@ -238,3 +238,53 @@ def test_disk_full_while_committing_is_one_line_and_keeps_parts(tmp_path, monkey
     assert w.done == {"a"}
     w.commit(["b"], np.ones((1, 2), np.float32))
     assert open_features(w.finalize()).ids == ["a", "b"]
+
+
+def test_float16_file_halves_the_values_and_readers_get_float32_within_half_precision(tmp_path):
+    rng = np.random.default_rng(3)
+    xb = (rng.standard_normal((300, 64)) * rng.choice([1e-3, 1.0, 300.0], (300, 1))).astype(np.float32)
+    ids = [f"i{k}.jpg" for k in range(300)]
+    full = write_features(tmp_path / "f32.h5", ids, xb, {"model": "resnet18"})
+    half = write_features(tmp_path / "f16.h5", ids, xb, {"model": "resnet18", "dtype": "float16"})
+    a, b = open_features(full), open_features(half)
+    assert (a.dtype, b.dtype) == ("float32", "float16")
+    x16 = b.load()
+    assert x16.dtype == np.float32 and b.load([7, 3]).dtype == np.float32
+    # round to nearest in half precision: relative error <= 2^-11 for normal values, absolute 2^-25 below 2^-14
+    err = np.abs(x16.astype(np.float64) - xb)
+    assert np.all(err <= np.maximum(np.abs(xb) * 2.0**-11, 2.0**-25))
+    assert err.max() > 0  # the values really went through float16
+    assert np.array_equal(np.concatenate([blk for _, blk in b.iter_blocks(block_rows=64)]), x16)
+    np.testing.assert_array_equal(b.load_verified(), x16)  # hashes are over the values readers get
+    with h5py.File(full, "r") as f32, h5py.File(half, "r") as f16:
+        assert f16["features"].dtype == np.float16
+        assert f16["features"].id.get_storage_size() * 2 == f32["features"].id.get_storage_size()
+    assert a.fingerprint != b.fingerprint
+
+
+def test_float16_overflow_is_a_failed_row_and_a_dtype_edit_is_refused(tmp_path):
+    xb = np.ones((3, 4), np.float32)
+    xb[1, 2] = 1e6  # beyond float16's 65504
+    ff = open_features(write_features(tmp_path / "f.h5", ["a", "b", "c"], xb, {"dtype": "float16"}))
+    assert ff.ids == ["a", "c"] and ff.failed[0][0] == "b" and "beyond float16 range" in ff.failed[0][1]
+    with h5py.File(tmp_path / "f.h5", "r+") as f:  # the config says float16, make the values float32
+        data = f["features"][...]
+        del f["features"]
+        f.create_dataset("features", data=data.astype(np.float32), maxshape=(None, 4))
+    with pytest.raises(UserError, match="stores float32 values but its config records dtype float16"):
+        open_features(tmp_path / "f.h5")
+    with pytest.raises(UserError, match="unknown feature dtype 'int8'"):
+        write_features(tmp_path / "g.h5", ["a"], xb[:1], {"dtype": "int8"})
+
+
+def test_resuming_a_float16_run_as_float32_is_refused_and_files_without_dtype_are_float32(tmp_path):
+    cfg = {"model": "m", "dtype": "float16"}
+    w = ResumableWriter(tmp_path / "f.h5", cfg, 4, ["model", "dtype"])
+    w.commit(["a"], np.ones((1, 4), np.float32))
+    w.finalize()
+    with pytest.raises(UserError, match="dtype='float16' but this run has dtype='float32'"):
+        ResumableWriter(tmp_path / "f.h5", {"model": "m", "dtype": "float32"}, 4, ["model", "dtype"])
+    write_features(tmp_path / "old.h5", ["a"], np.ones((1, 4), np.float32), {"model": "m"})  # made before dtype
+    with pytest.raises(UserError, match="dtype='float32' but this run has dtype='float16'"):
+        ResumableWriter(tmp_path / "old.h5", cfg, 4, ["model", "dtype"])
+    ResumableWriter(tmp_path / "old.h5", {"model": "m", "dtype": "float32"}, 4, ["model", "dtype"])

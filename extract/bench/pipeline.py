@@ -33,6 +33,7 @@ from extract.backbone import Backbone, load_backbone
 from extract.core.errors import UserError
 from extract.cpu_memory import ENV as MALLOC_ENV
 from extract.cpu_memory import keep_freed_memory
+from extract.cpu_threads import wait_policy
 from extract.features import backbone_from_config, calibrate, extract_features
 from extract.images import Decoder, prepare_image
 
@@ -197,6 +198,8 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "pipeline_cpu_ms_per_image": round(1000 * float(np.median(pipeline_cpu)), 2),
         "cpu_ratio": round(float(np.median(forward_cpu) / np.median(pipeline_cpu)), 3),
         "allocator_tuned": bb.device.type == "cpu" and keep_freed_memory(),
+        "omp_wait_policy": wait_policy(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "forward_kernel_share": round(float(np.median(kernel)), 4),
         "forward_default_allocator_images_per_s": [round(v, 3) for v in untuned_rate],
         "forward_default_allocator_kernel_share": [round(v, 4) for v in untuned_kernel],
@@ -210,7 +213,8 @@ def format_table(result: dict) -> str:
     rows = [
         ("model", f"{result['model']} ({result['dim']}-d, {result['image_size']}px, weights {result['weights']})"),
         ("preprocessing / decoder", f"{result['preprocessing']} / {result['decoder']}"),
-        ("device / threads", f"{result['device']} / {result['threads']}"),
+        ("device / threads", (f"{result['device']} / {result['threads']} (OpenMP wait policy "
+                              f"{result['omp_wait_policy']}, load average {result['load_average']})")),
         ("batch / workers / images", f"{result['batch_size']} / {result['workers']} / {result['images']}"),
         ("bare forward (median)", (f"{result['forward_images_per_s']:.2f} images/s "
                                   f"(runs {result['forward_rounds_images_per_s']})")),

@@ -49,6 +49,8 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
 @click.option("--commit-every", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between durable commits of finished batches (0: every batch).")
 @click.option("--prune", is_flag=True, help="Drop rows whose image file no longer exists.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
+              help="How values are stored: float16 halves the file (readers still get float32; rel. error <= 2^-11).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: this process and its decoding workers; ray: Ray Data tasks and actors (buscador[ray]).")
@@ -63,7 +65,7 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
               help="[ray] Keep the shards and make OUT.h5 a virtual dataset over them instead of merging (disk x1).")
 def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
             image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
-            prune: bool, quiet: bool, engine: str, address: str | None, actors: int | None, gpus_per_actor: float | None,
+            prune: bool, dtype: str, quiet: bool, engine: str, address: str | None, actors: int | None, gpus_per_actor: float | None,
             cpus_per_actor: float | None, shard_size: int | None, virtual: bool) -> None:
     """Extract pooled image features of IMAGES into OUT.h5; resumable.
 
@@ -82,7 +84,8 @@ def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, 
 
         summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size,
                                    workers=workers, device=device, image_size=image_size, limit=limit, root=root,
-                                   max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet, prune=prune)
+                                   max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet, prune=prune,
+                                   dtype=dtype)
     else:
         if prune:
             raise click.UsageError("--prune applies to --engine local")
@@ -90,7 +93,7 @@ def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, 
 
         summary = extract_features_ray(images, out, model=model, weights=weights, batch_size=batch_size,
                                        device=device, image_size=image_size, limit=limit, root=root,
-                                       max_pixels=max_pixels, quiet=quiet, virtual=virtual,
+                                       max_pixels=max_pixels, quiet=quiet, virtual=virtual, dtype=dtype,
                                        **{k: v for k, v in ray_options.items() if v is not None})
     click.echo(summary.report())
 
