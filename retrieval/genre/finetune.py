@@ -90,7 +90,7 @@ def finetune(prep, image_paths: list[str], feature_config: dict, cfg: GenreConfi
         set_mode(True)
         total = 0.0
         for x, idx in _loader([paths[r] for r in train], bb.preprocessing, True, max_pixels, cfg.batch_size, cfg.seed + epoch,
-                              workers):
+                              workers, bb.decoder):
             rows = train[idx.numpy()]
             logits = net(module(bb.normalize(x).contiguous()).flatten(1))
             loss = loss_fn(logits, Y[rows].to(dev))

@@ -56,10 +56,11 @@ def backbone_blocks(module) -> list:
 class _Posters:
     """A torch Dataset of poster images -> ``(3, S, S) uint8`` tensors (augmented when ``train``)."""
 
-    def __init__(self, paths: list[str], preprocessing, train: bool, max_pixels: int):
+    def __init__(self, paths: list[str], preprocessing, train: bool, max_pixels: int, decoder=None):
         from torchvision.transforms import v2
 
         self.paths, self.preprocessing, self.train, self.max_pixels = paths, preprocessing, train, max_pixels
+        self.decoder = decoder  # the feature file's decoder (library, JPEG scaling, resampler): as extraction did
         self.augment = v2.Compose([
             v2.RandomResizedCrop(int(preprocessing.crop), scale=(0.6, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -75,7 +76,7 @@ class _Posters:
         from extract.images import load_image, prepare_image
 
         if not self.train:
-            arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels)
+            arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder)
             if arr is None:
                 raise UserError(f"cannot read poster {self.paths[i]}: {reason}")
             return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), i
@@ -86,11 +87,12 @@ class _Posters:
         return self.augment(x), i
 
 
-def _loader(paths, preprocessing, train, max_pixels, batch_size, seed, workers):
+def _loader(paths, preprocessing, train, max_pixels, batch_size, seed, workers, decoder=None):
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(_Posters(paths, preprocessing, train, max_pixels), batch_size=batch_size, shuffle=train,
+    return torch.utils.data.DataLoader(_Posters(paths, preprocessing, train, max_pixels, decoder), batch_size=batch_size,
+                                       shuffle=train,
                                        num_workers=workers, generator=gen)
 
 
@@ -102,7 +104,7 @@ def image_probabilities(module, net, bb, paths: list[str], n_genres: int, max_pi
 
     out = []
     with torch.no_grad():
-        for x, _ in _loader(paths, bb.preprocessing, False, max_pixels, batch_size, 0, workers):
+        for x, _ in _loader(paths, bb.preprocessing, False, max_pixels, batch_size, 0, workers, bb.decoder):
             out.append(torch.sigmoid(net(module(bb.normalize(x).contiguous()).flatten(1))).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, n_genres), np.float32)
 
