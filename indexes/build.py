@@ -155,11 +155,6 @@ class BuiltIndex:
     ivfdata: Path | None = None  # the on-disk lists file the index maps, to move into its folder
 
 
-def resolve_factory(n: int, d: int, config: IndexConfig, id_bytes: int = 0) -> str:
-    """The factory string to build: ``config.factory``, or the modelled ``auto`` choice for ``n`` x ``d``."""
-    return resolve_storage(n, d, config, id_bytes=id_bytes)[0]
-
-
 def resolve_storage(n: int, d: int, config: IndexConfig, can_disk: bool = True,
                     id_bytes: int = 0) -> tuple[str, str | None]:
     """The factory string to build and why its IVF lists go on disk (None: all in memory); see
