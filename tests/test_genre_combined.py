@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_genre_models import FILLER, WORDS, write_movies
+from text_fixtures import HashedSentenceEncoder
 
 from cli import cli
 from extract.core.errors import UserError
@@ -108,31 +109,12 @@ def test_benchmark_takes_combined_descriptors_and_refuses_unknown_parts(data, tm
     assert res.exit_code == 2 and "unknown text descriptor 'bow'" in res.output
 
 
-class _CountingEncoder:
-    """A sentence encoder stand-in: hashed word vectors summed; counts the texts it encodes."""
-
-    def __init__(self, name):
-        self.name, self.dim, self.fingerprint, self.calls = name, 12, "counting-1", 0
-
-    def encode(self, texts, **_):
-        import zlib
-
-        from retrieval.text import tokenize
-
-        self.calls += len(texts)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            for w in tokenize(t):
-                out[i] += np.random.default_rng(zlib.crc32(w.encode("utf-8"))).standard_normal(self.dim)
-        return out
-
-
 def test_benchmark_encodes_each_overview_once_across_model_kinds_repeats_and_combinations(data, tmp_path, monkeypatch):
     from retrieval import encoders
     from retrieval.genre.data import read_label_set
 
     _, labels, feats, _, _ = data
-    fake = _CountingEncoder("use-multilingual")
+    fake = HashedSentenceEncoder("use-multilingual", "counting-1", dim=12)
     monkeypatch.setattr(encoders, "get_encoder", lambda name: fake)
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--features", str(feats), "--models",

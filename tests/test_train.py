@@ -1,14 +1,18 @@
 import json
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from text_fixtures import make_corpus, make_keyed_vectors, one_thread  # noqa: F401  (fixture)
+from text_fixtures import (  # noqa: F401  (fixture)
+    HashedSentenceEncoder,
+    make_corpus,
+    make_keyed_vectors,
+    one_thread,
+)
 
 from cli import cli
 from extract.core.errors import UserError
@@ -148,28 +152,10 @@ def test_evaluate_reports_an_empty_split_without_nan(corpus, tmp_path):
     assert r.exit_code == 0 and "nan" not in r.output.lower()
 
 
-class _FakeSentenceEncoder:
-    """Stands in for a pretrained sentence encoder: hashed word vectors summed, deterministic."""
-
-    def __init__(self, name, fingerprint="fake-1"):
-        self.name, self.dim, self.fingerprint = name, 16, fingerprint
-        self.calls = 0
-
-    def encode(self, texts, **_):
-        from retrieval.text import tokenize
-
-        self.calls += len(texts)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            for w in tokenize(t):
-                out[i] += np.random.default_rng(zlib.crc32(w.encode("utf-8"))).standard_normal(self.dim)
-        return out
-
-
 def test_sentence_encoder_descriptor_trains_caches_and_checks_fingerprint(corpus, tmp_path, monkeypatch):
     from retrieval import encoders
 
-    fake = _FakeSentenceEncoder("use-multilingual")
+    fake = HashedSentenceEncoder("use-multilingual")
     monkeypatch.setattr(encoders, "get_encoder", lambda name: fake)
     cfg = TrainConfig(descriptor="use-multilingual", **FAST)
     res = train(cfg, corpus["features"], [corpus["root"]], tmp_path / "m.npz", quiet=True)
@@ -179,7 +165,7 @@ def test_sentence_encoder_descriptor_trains_caches_and_checks_fingerprint(corpus
     assert fake.calls == encoded  # second run: every caption came from the cache
     ev = evaluate(tmp_path / "m.npz", corpus["features"], [corpus["root"]])
     assert ev["val"]["mrr"] == pytest.approx(res.best["val"]["mrr"], abs=1e-6)
-    monkeypatch.setattr(encoders, "get_encoder", lambda name: _FakeSentenceEncoder(name, "fake-2"))
+    monkeypatch.setattr(encoders, "get_encoder", lambda name: HashedSentenceEncoder(name, "fake-2"))
     with pytest.raises(UserError, match="fake-1.*fake-2"):
         load_text_encoder(tmp_path / "m.npz")
 

@@ -7,6 +7,7 @@ order among filler words, so a caption's centroid determines its image up to noi
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class HashedSentenceEncoder:
+    """Stands in for a pretrained sentence encoder: hashed word vectors summed, deterministic; ``calls``
+    counts the texts it has encoded."""
+
+    def __init__(self, name, fingerprint="fake-1", dim=16):
+        self.name, self.dim, self.fingerprint = name, dim, fingerprint
+        self.calls = 0
+
+    def encode(self, texts, **_):
+        from retrieval.text import tokenize
+
+        self.calls += len(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in tokenize(t):
+                out[i] += np.random.default_rng(zlib.crc32(w.encode("utf-8"))).standard_normal(self.dim)
+        return out
