@@ -1,7 +1,7 @@
 """The batched extraction loop: images -> backbone -> resumable HDF5 feature file.
 
-Decoding and resizing run in DataLoader worker processes and travel as ``uint8`` tensors; the main
-process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
+Decoding and resizing run in threads (CPU) or worker processes (GPU) of :mod:`extract.loading` and
+arrive as ``uint8`` batches; the main process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
 (autocast fp16/bf16 on CUDA) and commits the finished batches through
 :class:`~extract.parts.ResumableWriter` about every second, in a writer thread while the next batches
 run through the model (one commit in flight at a time), so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
@@ -12,7 +12,6 @@ weights, preprocessing and decoder).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from extract.backbone import Backbone, load_backbone
@@ -35,19 +33,17 @@ from extract.collection import (
     check_options,
     check_root,
     plan_run,
-    read_source,
 )
 from extract.core.errors import UserError
 from extract.core.files import ensure_writable
 from extract.images import (
     DEFAULT_MAX_PIXELS,
-    Decoder,
     ImageList,
-    Preprocessing,
     prepare_image,
     recorded_preprocessing,
 )
 from extract.inputs import list_inputs
+from extract.loading import batches, resolve_decode_in
 from extract.parts import ResumableWriter, read_state
 from extract.store import DTYPES, open_features, storable_id
 
@@ -99,80 +95,6 @@ class ExtractSummary:
         if self.failed > 5:
             lines.append(f"  ... and {self.failed - 5} more (see /failed in the file)")
         return "\n".join(lines)
-
-
-class _ImageDataset(Dataset):
-    """Item ``i`` -> ``(offset + i, (S, S, 3) uint8 tensor or None, reason or None, source)``; never raises."""
-
-    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, decoder: Decoder, max_pixels: int,
-                 offset: int = 0):
-        self.paths = list(paths)
-        self.preprocessing = preprocessing
-        self.decoder = decoder
-        self.max_pixels = max_pixels
-        self.offset = offset
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        data, source = read_source(self.paths[i])  # one read: the bytes hashed are the bytes decoded
-        arr, reason = prepare_image(self.paths[i], self.preprocessing, self.max_pixels, self.decoder, data)
-        return self.offset + i, (None if arr is None else torch.from_numpy(arr)), reason, source
-
-
-def _collate(items):
-    """-> (indices of good images, (n, 3, S, S) uint8 or None, [(index, reason)] of bad ones, {index: source})."""
-    good = [(i, x) for i, x, _, _ in items if x is not None]
-    bad = [(i, why) for i, x, why, _ in items if x is None]
-    xb = torch.stack([x for _, x in good]).permute(0, 3, 1, 2) if good else None
-    return [i for i, _ in good], xb, bad, {i: src for i, _, _, src in items}
-
-
-# On CPU the decoding workers run at this lower priority: the model's threads get a core back the moment
-# they wake up, and decoding fills the gaps between their parallel regions (about 2 ms of CPU per image
-# against 40+ for even a small model's forward). A GPU run leaves them as they are: there the host's
-# cores are for decoding.
-CPU_WORKER_NICENESS = 10
-
-
-def _worker_init(niceness: int, _worker_id: int) -> None:
-    torch.set_num_threads(1)
-    if niceness:
-        try:
-            os.nice(niceness)
-        except OSError:  # not allowed here: keep the priority
-            pass
-
-
-def _loader(paths: Sequence[Path], bb: Backbone, max_pixels: int, batch_size: int, workers: int,
-            pin: bool, offset: int = 0) -> DataLoader:
-    niceness = CPU_WORKER_NICENESS if bb.device.type == "cpu" else 0
-    return DataLoader(
-        _ImageDataset(paths, bb.preprocessing, bb.decoder, max_pixels, offset),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin,
-        worker_init_fn=functools.partial(_worker_init, niceness) if workers else None,
-        prefetch_factor=4 if workers else None,
-    )
-
-
-def _batches(paths: list[Path], bb: Backbone, max_pixels: int, batch_size: int, workers: int) -> Iterator:
-    """The collated batches of ``paths`` in order. With workers, the first batch is decoded here while
-    the workers start (forking them and their first batch would otherwise leave the model idle)."""
-    pin = bb.device.type == "cuda"
-    if not workers:
-        yield from _loader(paths, bb, max_pixels, batch_size, 0, pin)
-        return
-    first = min(batch_size, len(paths))
-    rest = iter(_loader(paths[first:], bb, max_pixels, batch_size, workers, pin, first)) if first < len(paths) else ()
-    head = _ImageDataset(paths[:first], bb.preprocessing, bb.decoder, max_pixels)
-    good, xb, bad, sources = _collate([head[i] for i in range(first)])
-    yield good, (xb.pin_memory() if pin and xb is not None else xb), bad, sources
-    yield from rest
 
 
 def calibration_ids(listing: ImageList, count: int = BN_IMAGES, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -228,6 +150,7 @@ def extract_features(
     commit_seconds: float = 1.0,
     prune: bool = False,
     dtype: str = "float32",
+    decode_in: str = "auto",
 ) -> ExtractSummary:
     """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
 
@@ -239,10 +162,13 @@ def extract_features(
     the sorted full list, recorded with their sha256: a later run rebuilds the same network from them,
     and refuses, naming them, when they changed. ``dtype`` ``float16`` stores the values in half the
     space (readers still get float32); a file is resumed only with the dtype it was made with.
+    ``decode_in``: ``threads``, ``processes`` or ``auto`` (threads on CPU, processes on GPU), for the
+    ``workers`` decoders (:mod:`extract.loading`).
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
     check_dtype(dtype)
+    resolve_decode_in(decode_in, torch.device("cpu"))  # a bad name is refused before any work
     out = Path(out)
     ensure_writable(out)  # before any model is loaded
     listing = list_inputs(images, root)
@@ -274,7 +200,8 @@ def extract_features(
     if plan.bad_names:
         writer.commit([], np.zeros((0, bb.dim), np.float32), plan.bad_names)
     t0 = time.perf_counter()
-    written, failed = _run(bb, listing.root, plan.todo, writer, batch_size, workers, max_pixels, quiet, commit_seconds)
+    written, failed = _run(bb, listing.root, plan.todo, writer, batch_size, workers, max_pixels, quiet, commit_seconds,
+                           decode_in)
     writer.finalize(drop)
     changed = len(set(plan.changed + plan.retry) - {i for i, _ in failed})
     return _summary(out, listing, plan, written, failed + plan.bad_names, time.perf_counter() - t0, len(drop),
@@ -310,10 +237,11 @@ def _summary(out: Path, listing: ImageList, plan, written: int, failed: list, se
 
 
 def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, batch_size: int, workers: int,
-         max_pixels: int, quiet: bool, commit_seconds: float) -> tuple[int, list[tuple[str, str]]]:
+         max_pixels: int, quiet: bool, commit_seconds: float, decode_in: str) -> tuple[int, list[tuple[str, str]]]:
     if not todo:
         return 0, []
-    loader = _batches([root / i for i in todo], bb, max_pixels, batch_size, workers)
+    loader = batches([root / i for i in todo], bb.preprocessing, bb.decoder, bb.device, max_pixels, batch_size,
+                     workers, decode_in)
     written, failed = 0, []
     pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]], dict]] = []
     spent = {"waiting for images": 0.0, "forward": 0.0, "waiting for the writer": 0.0}

@@ -47,3 +47,35 @@ def test_benchmark_extract_without_allocator_baseline():
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     assert r["forward_default_allocator_images_per_s"] == [] and r["allocator_gain"] is None
+
+
+def test_benchmark_extract_both_decoders_each_between_two_forward_runs(monkeypatch):
+    """--decode-in both: a threads round and a processes round each time, each against the forward runs around it."""
+    import dataclasses
+
+    from extract.bench import pipeline
+
+    forward = iter([(100.0, 0.1), (200.0, 0.1), (300.0, 0.1), (400.0, 0.1), (500.0, 0.1)])
+    seconds = iter([0.1, 0.2, 0.08, 0.16])  # 8 images: threads 80, processes 40, threads 100, processes 50 images/s
+    modes = []
+    real_forward, real_extract = pipeline._forward_rate, pipeline.extract_features
+
+    def extract(*a, **kw):
+        modes.append(kw["decode_in"])
+        return dataclasses.replace(real_extract(*a, **kw), seconds=next(seconds))
+
+    monkeypatch.setattr(pipeline, "_forward_rate", lambda *a: (real_forward(*a), next(forward))[1])
+    monkeypatch.setattr(pipeline, "extract_features", extract)
+    result = CliRunner().invoke(cli, ["benchmark", "extract", "--model", "resnet18", "--weights", "none",
+                                      "--image-size", "32", "--batch-size", "4", "--images", "8", "--rounds", "2",
+                                      "--workers", "1", "--threads", "1", "--decode-in", "both",
+                                      "--no-allocator-baseline", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert modes == ["threads", "processes", "threads", "processes"]
+    threads, processes = r["by_decode_in"]["threads"], r["by_decode_in"]["processes"]
+    assert threads["ratio_rounds"] == [0.533, 0.286]  # 80 / mean(100, 200), 100 / mean(300, 400)
+    assert processes["ratio_rounds"] == [0.16, 0.111]  # 40 / mean(200, 300), 50 / mean(400, 500)
+    assert (threads["ratio"], processes["ratio"]) == (0.41, 0.136)
+    assert (r["decode_in"], r["ratio"], r["pipeline_images_per_s"]) == ("threads", 0.41, 90.0)  # headline: threads
+    assert next(forward, None) is None and next(seconds, None) is None

@@ -206,6 +206,10 @@ def test_table_of_paths_lists_like_the_folder(tmp_path):
 def test_ray_options_need_the_ray_engine(tmp_path):
     result = CliRunner().invoke(cli, ["extract", str(tmp_path), str(tmp_path / "f.h5"), "--actors", "2"])
     assert result.exit_code == 2 and "--actors only apply to --engine ray" in result.output
+    result = CliRunner().invoke(cli, ["extract", str(tmp_path), str(tmp_path / "f.h5"), "--engine", "ray",
+                                      "--decode-in", "threads"])
+    assert result.exit_code == 2 and "--decode-in applies to --engine local (the Ray engine decodes in Ray tasks)" \
+        in result.output
 
 
 @pytest.mark.gpu

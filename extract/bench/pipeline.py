@@ -36,6 +36,7 @@ from extract.cpu_memory import keep_freed_memory
 from extract.cpu_threads import wait_policy
 from extract.features import backbone_from_config, calibrate, extract_features
 from extract.images import Decoder, prepare_image
+from extract.loading import resolve_decode_in
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +117,24 @@ def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
                       device: str = "auto", image_size: int | None = None, images: int = 96,
                       rounds: int = 3, threads: int | None = None, allocator_baseline: bool = False,
-                      decoder: str | None = None) -> dict:
+                      decoder: str | None = None, decode_in: str = "auto") -> dict:
     """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
 
     The bare forward on ``images`` ready tensors is timed before the first round and after every
     round; each round is a fresh full extraction of the same number of drawn JPEG files. A round's
     ratio is its pipeline rate over the mean of the forward runs around it; the headline figures are
     medians over rounds, because a shared machine's load drifts. ``decoder`` picks the image decoder
-    library (``pil``, ``simplejpeg``; default: the extraction default).
+    library (``pil``, ``simplejpeg``; default: the extraction default). ``decode_in`` is where the pipeline
+    decodes (:mod:`extract.loading`); ``both`` runs a threads round and a processes round each time, every
+    pipeline round between two forward runs, and reports both (the headline figures are the threads').
     """
     if images < batch_size:
         raise UserError(f"--images ({images}) must be at least --batch-size ({batch_size})")
     if rounds < 1:
         raise UserError("--rounds must be >= 1")
+    if decode_in != "both":
+        resolve_decode_in(decode_in, torch.device("cpu"))  # refuses an unknown name
+    modes = ["threads", "processes"] if decode_in == "both" else [decode_in]
     images -= images % batch_size  # whole batches only, so both sides run the same shapes
     if threads:
         torch.set_num_threads(threads)
@@ -142,7 +148,8 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
             bb = load_backbone(model, "none", device, image_size, decoder=dec)
     else:
         bb = load_backbone(model, weights, device, image_size, decoder=dec)
-    forward, pipeline, untuned, forward_cpu, pipeline_cpu = [], [], [], [], []
+    forward, untuned, forward_cpu = [], [], []
+    pipeline = {m: [] for m in modes}  # mode -> [(images/s, CPU s per image, index of the forward run before)]
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
         paths = draw_images(folder, images)
@@ -158,22 +165,35 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         forward.append(_forward_rate(bb, ready, images // batch_size))
         forward_cpu.append((_cpu_seconds() - cpu) / (images + batch_size))  # the rounds plus one warm-up batch
         for r in range(rounds):
-            cpu = _cpu_seconds()
-            summary = extract_features(folder, Path(tmp) / f"out{r}.h5", backbone=bb, batch_size=batch_size,
-                                       workers=workers, quiet=True)
-            if summary.written != images:
-                raise RuntimeError(f"benchmark pipeline wrote {summary.written} of {images} images")
-            pipeline_cpu.append((_cpu_seconds() - cpu) / images)
-            pipeline.append(summary.written / summary.seconds)
-            cpu = _cpu_seconds()
-            forward.append(_forward_rate(bb, ready, images // batch_size))
-            forward_cpu.append((_cpu_seconds() - cpu) / (images + batch_size))
+            for mode in modes:
+                cpu = _cpu_seconds()
+                summary = extract_features(folder, Path(tmp) / f"out{r}-{mode}.h5", backbone=bb,
+                                           batch_size=batch_size, workers=workers, quiet=True, decode_in=mode)
+                if summary.written != images:
+                    raise RuntimeError(f"benchmark pipeline wrote {summary.written} of {images} images")
+                pipeline[mode].append((summary.written / summary.seconds, (_cpu_seconds() - cpu) / images,
+                                       len(forward) - 1))
+                cpu = _cpu_seconds()
+                forward.append(_forward_rate(bb, ready, images // batch_size))
+                forward_cpu.append((_cpu_seconds() - cpu) / (images + batch_size))
         if use_baseline:
             untuned.append(_forward_rate_default_allocator(child))
     forward, kernel = [rate for rate, _ in forward], [share for _, share in forward]
     untuned_rate, untuned_kernel = [rate for rate, _ in untuned], [share for _, share in untuned]
     # each pipeline round against the mean of the forward runs just before and after it (cancels drift)
-    ratios = [p / ((forward[r] + forward[r + 1]) / 2) for r, p in enumerate(pipeline)]
+    by_mode = {}
+    for mode, runs in pipeline.items():
+        ratios = [rate / ((forward[k] + forward[k + 1]) / 2) for rate, _, k in runs]
+        cpu_ratios = [(forward_cpu[k] + forward_cpu[k + 1]) / 2 / cpu for _, cpu, k in runs]
+        by_mode[resolve_decode_in(mode, bb.device)] = {
+            "pipeline_images_per_s": round(float(np.median([rate for rate, _, _ in runs])), 3),
+            "ratio": round(float(np.median(ratios)), 3),
+            "ratio_rounds": [round(v, 3) for v in ratios],
+            "pipeline_rounds_images_per_s": [round(rate, 3) for rate, _, _ in runs],
+            "pipeline_cpu_ms_per_image": round(1000 * float(np.median([cpu for _, cpu, _ in runs])), 2),
+            "cpu_ratio": round(float(np.median(cpu_ratios)), 3),
+        }
+    head = by_mode[resolve_decode_in(modes[0], bb.device)]
     return {
         "model": model,
         "weights": bb.config["weights"],
@@ -188,15 +208,13 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "images": images,
         "rounds": rounds,
         "dim": bb.dim,
-        "pipeline_images_per_s": round(float(np.median(pipeline)), 3),
+        "decode_in": resolve_decode_in(modes[0], bb.device),
+        **{k: head[k] for k in ("pipeline_images_per_s", "ratio", "ratio_rounds", "pipeline_rounds_images_per_s")},
         "forward_images_per_s": round(float(np.median(forward)), 3),
-        "ratio": round(float(np.median(ratios)), 3),
-        "ratio_rounds": [round(v, 3) for v in ratios],
-        "pipeline_rounds_images_per_s": [round(v, 3) for v in pipeline],
         "forward_rounds_images_per_s": [round(v, 3) for v in forward],
         "forward_cpu_ms_per_image": round(1000 * float(np.median(forward_cpu)), 2),
-        "pipeline_cpu_ms_per_image": round(1000 * float(np.median(pipeline_cpu)), 2),
-        "cpu_ratio": round(float(np.median(forward_cpu) / np.median(pipeline_cpu)), 3),
+        **{k: head[k] for k in ("pipeline_cpu_ms_per_image", "cpu_ratio")},
+        "by_decode_in": by_mode,
         "allocator_tuned": bb.device.type == "cpu" and keep_freed_memory(),
         "omp_wait_policy": wait_policy(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
@@ -218,12 +236,16 @@ def format_table(result: dict) -> str:
         ("batch / workers / images", f"{result['batch_size']} / {result['workers']} / {result['images']}"),
         ("bare forward (median)", (f"{result['forward_images_per_s']:.2f} images/s "
                                   f"(runs {result['forward_rounds_images_per_s']})")),
-        ("full pipeline (median)", (f"{result['pipeline_images_per_s']:.2f} images/s "
-                                   f"(rounds {result['pipeline_rounds_images_per_s']}; decode+resize+forward+write)")),
-        ("ratio pipeline/forward", f"{result['ratio']:.3f} (median of rounds {result['ratio_rounds']})"),
-        ("CPU per image", (f"{result['forward_cpu_ms_per_image']:.1f} ms forward, {result['pipeline_cpu_ms_per_image']:.1f}"
-                           f" ms pipeline incl. workers: CPU ratio {result['cpu_ratio']:.3f}")),
     ]
+    for mode, r in result["by_decode_in"].items():
+        rows += [
+            (f"full pipeline, {mode} (median)", (f"{r['pipeline_images_per_s']:.2f} images/s (rounds "
+                                                 f"{r['pipeline_rounds_images_per_s']}; decode+resize+forward+write)")),
+            (f"ratio pipeline/forward, {mode}", f"{r['ratio']:.3f} (median of rounds {r['ratio_rounds']})"),
+            (f"CPU per image, {mode}", (f"{result['forward_cpu_ms_per_image']:.1f} ms forward, "
+                                        f"{r['pipeline_cpu_ms_per_image']:.1f} ms pipeline incl. decoding: "
+                                        f"CPU ratio {r['cpu_ratio']:.3f}")),
+        ]
     if result["forward_default_allocator_images_per_s"]:
         rows.append(("bare forward, default allocator", (
             f"{result['forward_default_allocator_images_per_s']} images/s (fresh process before/after the rounds); "

@@ -38,7 +38,11 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet (torch hub cache or installed package), none (seeded random init), or a state_dict .pth.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Decoding threads or processes (0: decode between batches).")
+@click.option("--decode-in", default="auto", show_default=True, type=click.Choice(["auto", "threads", "processes"]),
+              help="Where the workers decode: threads of this process, or worker processes [auto: threads on CPU, "
+                   "processes on GPU].")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--image-size", type=click.IntRange(min=16), help="Crop size N in pixels; the shorter side is resized to N*resize/crop [the weights' own crop, e.g. 224].")
 @click.option("--limit", type=click.IntRange(min=1), help="Process at most this many images of the list.")
@@ -63,8 +67,8 @@ def demo_data(out_dir: Path, n_train: int, n_val: int, n_test: int, n_movies: in
               help="[ray] Images per shard: the unit written, listed in the manifest and redone after a failure [10000].")
 @click.option("--virtual", is_flag=True,
               help="[ray] Keep the shards and make OUT.h5 a virtual dataset over them instead of merging (disk x1).")
-def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, device: str,
-            image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
+def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, workers: int, decode_in: str,
+            device: str, image_size: int | None, limit: int | None, root: Path | None, max_pixels: int, commit_every: float,
             prune: bool, dtype: str, quiet: bool, engine: str, address: str | None, actors: int | None, gpus_per_actor: float | None,
             cpus_per_actor: float | None, shard_size: int | None, virtual: bool) -> None:
     """Extract pooled image features of IMAGES into OUT.h5; resumable.
@@ -85,10 +89,11 @@ def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, 
         summary = extract_features(images, out, model=model, weights=weights, batch_size=batch_size,
                                    workers=workers, device=device, image_size=image_size, limit=limit, root=root,
                                    max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet, prune=prune,
-                                   dtype=dtype)
+                                   dtype=dtype, decode_in=decode_in)
     else:
-        if prune:
-            raise click.UsageError("--prune applies to --engine local")
+        if prune or decode_in != "auto":
+            raise click.UsageError(f"{'--prune' if prune else '--decode-in'} applies to --engine local "
+                                   "(the Ray engine decodes in Ray tasks)")
         from extract.ray_engine import extract_features_ray
 
         summary = extract_features_ray(images, out, model=model, weights=weights, batch_size=batch_size,
@@ -129,6 +134,10 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
               help="auto: ImageNet when the file is present, else random init (said in the output).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--decode-in", default="auto", show_default=True,
+              type=click.Choice(["auto", "threads", "processes", "both"]),
+              help="Where the pipeline decodes; both: alternate threads and processes rounds, each against "
+                   "the forward runs around it.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--image-size", type=click.IntRange(min=16))
 @click.option("--images", default=96, show_default=True, type=click.IntRange(min=1),
@@ -138,7 +147,7 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
 @click.option("--allocator-baseline/--no-allocator-baseline", default=True, show_default=True,
               help="On CPU, also time the bare forward in a fresh process with glibc's default allocator.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, device: str,
+def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, decode_in: str, device: str,
                           image_size: int | None, images: int, rounds: int, threads: int | None,
                           allocator_baseline: bool, as_json: bool) -> None:
     """Images/s of the full extraction pipeline vs the bare model forward (same run, model, batch, device)."""
@@ -147,7 +156,7 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
     from extract.bench.pipeline import benchmark_extract, format_table
 
     result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads,
-                               allocator_baseline)
+                               allocator_baseline, decode_in=decode_in)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
