@@ -206,5 +206,13 @@ def test_text_only_dataset_in_every_command_without_any_feature_file(tmp_path, m
                                                 "--device", "cpu", *FAST])))
     text = next(r for r in result["rows"] if r["model"] == "text")
     assert text["decision"].split(" ")[0] in ("global", "thresholds", "top-1", "top-2", "top-3")  # the rule chosen on val
+    vals = {r["model"]: r["val_micro_f1"] for r in result["rows"]}
+    assert vals["most-frequent"] is None and vals["ovr-linearsvc"] is None  # no rule chosen on validation
+    assert 0 < vals["text"] <= 1 and 0 < vals["ovr-logreg"] <= 1
+    table = _ok(runner.invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--device", "cpu",
+                                    *FAST]))
+    header, *rows = [line for line in table.splitlines() if line.startswith(("model", "most-frequent", "text "))]
+    assert header.split()[2:4] == ["micro-F1", "val"] and rows[0].split()[3] == "-"
+    assert rows[1].split()[3] == f"{vals['text']:.3f}"  # seeded: the same run gives the same validation figure
     result = runner.invoke(cli, ["genres", "benchmark", "--labels", str(labels), "--models", "text", "--test-fraction", "0"])
     assert result.exit_code == 1 and "leaves no test movies" in result.output and "--test-fraction" in result.output
