@@ -216,6 +216,7 @@ def extract_features_ray(
     num_cpus: int | None = None,
     on_shard: Callable[[ShardRecord], None] | None = None,
     dtype: str = "float32",
+    prune: bool = False,
 ) -> ExtractSummary:
     """Extract features of ``images`` into ``out`` on Ray; the same file, ids and failed list as the local engine.
 
@@ -228,8 +229,13 @@ def extract_features_ray(
     features once). ``on_shard`` is called with each finished shard's record. ``dtype`` as locally.
     Shards record each row's source (size, mtime, sha256), so a later run, on either engine, extracts
     only new and changed images; images that changed since ``out`` was made are extracted again.
+    ``prune`` drops rows whose image file is gone, in the merge, as the local engine does (not with ``virtual``:
+    the shards are the virtual file's data).
     """
     check_dtype(dtype)
+    if prune and virtual:
+        raise UserError("--prune rewrites the merged file; a --virtual file reads its rows from the shards: "
+                        "merge it (run without --virtual into a new file) and prune that")
     if batch_size < 1 or actors < 1 or shard_size < 1 or attempts < 1 or gpus_per_actor < 0 or cpus_per_actor <= 0:
         raise UserError("--batch-size, --actors, --shard-size must be >= 1, --gpus-per-actor >= 0, --cpus-per-actor > 0")
     if limit is not None and limit < 1:
@@ -277,12 +283,15 @@ def extract_features_ray(
     elif session is not None and session[1]:
         session[0].shutdown()
     compute_s = time.perf_counter() - t0
-    result = shards.write_virtual() if virtual else shards.merge(writer)
+    drop = plan.gone if (prune and plan is not None) else []
+    result = shards.write_virtual() if virtual else shards.merge(writer, drop)
     log.info("ray engine: %.2f s extracting, %.2f s %s", compute_s, time.perf_counter() - t0 - compute_s,
              "writing the virtual file" if virtual else "merging shards")
     ff = open_features(result)
+    gone = 0 if (prune or plan is None) else len(plan.gone)
     return ExtractSummary(Path(out), config["model"], bb.dim, len(ids), written, skipped, len(failed),
-                          listing.duplicates, len(ff), len(ff.failed), time.perf_counter() - t0, failed)
+                          listing.duplicates, len(ff), len(ff.failed), time.perf_counter() - t0, failed,
+                          pruned=len(drop), gone=gone)
 
 
 def _attempts(ray, todo, shards, root, bb, state_ref, device, actors, gpus_per_actor, cpus_per_actor, batch_size,

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -206,8 +206,9 @@ class ShardStore:
                             "delete it and run again to redo its images")
         return ff.ids, xb, ff.failed, ff.sources()
 
-    def merge(self, writer: ResumableWriter) -> Path:
-        """Commit every shard (in shard order, content verified) through ``writer``, finalize, drop the shards."""
+    def merge(self, writer: ResumableWriter, drop: Iterable[str] = ()) -> Path:
+        """Commit every shard (in shard order, content verified) through ``writer``, finalize without the ``drop``
+        ids, remove the shards."""
         if self.is_virtual_output():
             raise UserError(f"{self.out} is a virtual file over {self.folder}; pass --virtual to add images to it "
                             "(merging would remove the shards it reads)")
@@ -215,7 +216,7 @@ class ShardStore:
             for index in sorted(self.records):
                 ids, xb, failed, sources = self._verified(self.records[index])
                 writer.commit(ids, xb, failed, sources)
-            out = writer.finalize()
+            out = writer.finalize(drop)
         except OSError as exc:
             raise UserError(f"cannot merge the shards into {self.out} ({exc.strerror or exc}); free space (or pass "
                             "--virtual) and run the same command again: the shards are kept") from None

@@ -327,3 +327,30 @@ def test_float16_shards_merge_or_read_virtually_as_the_rounded_values(tmp_path, 
     assert ff.sources()["c"] == (5, 6, "c" * 64)
     with pytest.raises(UserError, match="dtype='float16' but this run has dtype='float32'"):
         ShardStore(tmp_path / "g.h5", dict(config, dtype="float32"), 3, MATCH_KEYS)._check(config, 3, "shard")
+
+
+def test_ray_prune_drops_rows_whose_file_is_gone_like_the_local_engine(ray_cluster, corpus, tmp_path):
+    """Two images deleted: without --prune their rows stay and are counted; with it both engines drop the same rows."""
+    import shutil
+
+    from extract.ray_engine import extract_features_ray
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(corpus[0], folder)
+    out, opts = tmp_path / "ray.h5", dict(TINY, batch_size=4, bn_images=8)
+    extract_features_ray(folder, out, shard_size=6, **opts)
+    shutil.copy(out, tmp_path / "local.h5")
+    late = sorted(open_features(out).ids)[-2:]  # not among the 8 calibration images
+    for name in late:
+        (folder / name).unlink()
+    kept = extract_features_ray(folder, out, shard_size=6, **opts)
+    assert (kept.written, kept.gone, kept.pruned, kept.total_rows) == (0, 2, 0, 24)
+    pruned = extract_features_ray(folder, out, shard_size=6, prune=True, **opts)
+    assert (pruned.pruned, pruned.gone, pruned.total_rows) == (2, 0, 22)
+    local = extract_features(folder, tmp_path / "local.h5", workers=0, prune=True, **opts)
+    assert (local.pruned, local.total_rows) == (2, 22)
+    ff, ref = open_features(out), open_features(tmp_path / "local.h5")
+    assert ff.ids == ref.ids and not set(late) & set(ff.ids) and ff.failed == ref.failed
+    np.testing.assert_array_equal(ff.load(), ref.load())  # the same rows, untouched by the merge
+    with pytest.raises(UserError, match="--prune rewrites the merged file"):
+        extract_features_ray(folder, tmp_path / "v.h5", prune=True, virtual=True, **opts)

@@ -75,7 +75,7 @@ def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, 
 
     IMAGES is a folder, a list file, a COCO JSON, or (for collections too big to list twice) a
     Parquet/CSV table with a path column. Re-running it on OUT extracts only new images and images
-    whose bytes changed, and with --prune (local engine) drops rows whose file is gone.
+    whose bytes changed, and with --prune drops rows whose file is gone.
     """
     ray_options = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor,
                    "cpus_per_actor": cpus_per_actor, "shard_size": shard_size}
@@ -91,14 +91,13 @@ def extract(images: Path, out: Path, model: str, weights: str, batch_size: int, 
                                    max_pixels=max_pixels, commit_seconds=commit_every, quiet=quiet, prune=prune,
                                    dtype=dtype, decode_in=decode_in)
     else:
-        if prune or decode_in != "auto":
-            raise click.UsageError(f"{'--prune' if prune else '--decode-in'} applies to --engine local "
-                                   "(the Ray engine decodes in Ray tasks)")
+        if decode_in != "auto":
+            raise click.UsageError("--decode-in applies to --engine local (the Ray engine decodes in Ray tasks)")
         from extract.ray_engine import extract_features_ray
 
         summary = extract_features_ray(images, out, model=model, weights=weights, batch_size=batch_size,
                                        device=device, image_size=image_size, limit=limit, root=root,
-                                       max_pixels=max_pixels, quiet=quiet, virtual=virtual, dtype=dtype,
+                                       max_pixels=max_pixels, quiet=quiet, virtual=virtual, dtype=dtype, prune=prune,
                                        **{k: v for k, v in ray_options.items() if v is not None})
     click.echo(summary.report())
 
