@@ -43,7 +43,7 @@ from extract.images import (
     recorded_preprocessing,
 )
 from extract.inputs import list_inputs
-from extract.loading import batches, resolve_decode_in
+from extract.loading import batches, check_decode_in
 from extract.parts import ResumableWriter, read_state
 from extract.store import DTYPES, open_features, storable_id
 
@@ -168,7 +168,7 @@ def extract_features(
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
     check_dtype(dtype)
-    resolve_decode_in(decode_in, torch.device("cpu"))  # a bad name is refused before any work
+    check_decode_in(decode_in)
     out = Path(out)
     ensure_writable(out)  # before any model is loaded
     listing = list_inputs(images, root)

@@ -72,10 +72,15 @@ def collate(items):
     return [i for i, _ in good], xb, bad, {i: src for i, _, _, src in items}
 
 
-def resolve_decode_in(decode_in: str, device: torch.device) -> str:
-    """``threads`` or ``processes`` for ``decode_in`` on ``device`` (``auto``: threads on CPU, processes elsewhere)."""
+def check_decode_in(decode_in: str) -> None:
+    """Refuse a name that is not one of :data:`DECODE_IN` (before any work is done)."""
     if decode_in not in DECODE_IN:
         raise UserError(f"unknown --decode-in {decode_in!r}; use one of {', '.join(DECODE_IN)}")
+
+
+def resolve_decode_in(decode_in: str, device: torch.device) -> str:
+    """``threads`` or ``processes`` for ``decode_in`` on ``device`` (``auto``: threads on CPU, processes elsewhere)."""
+    check_decode_in(decode_in)
     if decode_in == "auto":
         return "threads" if device.type == "cpu" else "processes"
     return decode_in

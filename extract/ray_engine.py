@@ -283,7 +283,7 @@ def extract_features_ray(
     elif session is not None and session[1]:
         session[0].shutdown()
     compute_s = time.perf_counter() - t0
-    drop = plan.gone if (prune and plan is not None) else []
+    drop = plan.gone if prune else []  # prune excludes virtual, so there is a plan
     result = shards.write_virtual() if virtual else shards.merge(writer, drop)
     log.info("ray engine: %.2f s extracting, %.2f s %s", compute_s, time.perf_counter() - t0 - compute_s,
              "writing the virtual file" if virtual else "merging shards")

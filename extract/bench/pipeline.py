@@ -36,7 +36,7 @@ from extract.cpu_memory import keep_freed_memory
 from extract.cpu_threads import wait_policy
 from extract.features import backbone_from_config, calibrate, extract_features
 from extract.images import Decoder, prepare_image
-from extract.loading import resolve_decode_in
+from extract.loading import check_decode_in, resolve_decode_in
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     if rounds < 1:
         raise UserError("--rounds must be >= 1")
     if decode_in != "both":
-        resolve_decode_in(decode_in, torch.device("cpu"))  # refuses an unknown name
-    modes = ["threads", "processes"] if decode_in == "both" else [decode_in]
+        check_decode_in(decode_in)
     images -= images % batch_size  # whole batches only, so both sides run the same shapes
     if threads:
         torch.set_num_threads(threads)
@@ -148,6 +147,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
             bb = load_backbone(model, "none", device, image_size, decoder=dec)
     else:
         bb = load_backbone(model, weights, device, image_size, decoder=dec)
+    modes = ["threads", "processes"] if decode_in == "both" else [resolve_decode_in(decode_in, bb.device)]
     forward, untuned, forward_cpu = [], [], []
     pipeline = {m: [] for m in modes}  # mode -> [(images/s, CPU s per image, index of the forward run before)]
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
@@ -185,7 +185,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     for mode, runs in pipeline.items():
         ratios = [rate / ((forward[k] + forward[k + 1]) / 2) for rate, _, k in runs]
         cpu_ratios = [(forward_cpu[k] + forward_cpu[k + 1]) / 2 / cpu for _, cpu, k in runs]
-        by_mode[resolve_decode_in(mode, bb.device)] = {
+        by_mode[mode] = {
             "pipeline_images_per_s": round(float(np.median([rate for rate, _, _ in runs])), 3),
             "ratio": round(float(np.median(ratios)), 3),
             "ratio_rounds": [round(v, 3) for v in ratios],
@@ -193,7 +193,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
             "pipeline_cpu_ms_per_image": round(1000 * float(np.median([cpu for _, cpu, _ in runs])), 2),
             "cpu_ratio": round(float(np.median(cpu_ratios)), 3),
         }
-    head = by_mode[resolve_decode_in(modes[0], bb.device)]
+    head = by_mode[modes[0]]
     return {
         "model": model,
         "weights": bb.config["weights"],
@@ -208,7 +208,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "images": images,
         "rounds": rounds,
         "dim": bb.dim,
-        "decode_in": resolve_decode_in(modes[0], bb.device),
+        "decode_in": modes[0],
         **{k: head[k] for k in ("pipeline_images_per_s", "ratio", "ratio_rounds", "pipeline_rounds_images_per_s")},
         "forward_images_per_s": round(float(np.median(forward)), 3),
         "forward_rounds_images_per_s": [round(v, 3) for v in forward],
