@@ -134,7 +134,8 @@ class Backbone:
         scale = (1.0 / (255.0 * std)).float().view(1, 3, 1, 1).to(self.device)
         shift = (torch.tensor(self.mean, dtype=torch.float64) / std).float().view(1, 3, 1, 1).to(self.device)
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return torch.mul(x, scale).sub_(shift).contiguous(memory_format=torch.channels_last)
+        # float first, then in place: a uint8 x float multiply costs about 4x the CPU for the same values
+        return x.float().mul_(scale).sub_(shift).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features of a normalised batch: ``(n, dim) float32`` on CPU."""

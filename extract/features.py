@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,6 +151,7 @@ def extract_features(
     prune: bool = False,
     dtype: str = "float32",
     decode_in: str = "auto",
+    on_commit: Callable[[int], None] | None = None,
 ) -> ExtractSummary:
     """Extract pooled features of ``images`` into ``out`` (HDF5), resuming an unfinished or existing file.
 
@@ -163,7 +164,8 @@ def extract_features(
     and refuses, naming them, when they changed. ``dtype`` ``float16`` stores the values in half the
     space (readers still get float32); a file is resumed only with the dtype it was made with.
     ``decode_in``: ``threads``, ``processes`` or ``auto`` (threads on CPU, processes on GPU), for the
-    ``workers`` decoders (:mod:`extract.loading`).
+    ``workers`` decoders (:mod:`extract.loading`). ``on_commit`` is called with the number of images
+    (rows and failures) of each part once it is durably committed.
     """
     if batch_size < 1 or workers < 0 or (limit is not None and limit < 1):
         raise UserError("--batch-size and --limit must be >= 1 and --workers >= 0")
@@ -201,7 +203,7 @@ def extract_features(
         writer.commit([], np.zeros((0, bb.dim), np.float32), plan.bad_names)
     t0 = time.perf_counter()
     written, failed = _run(bb, listing.root, plan.todo, writer, batch_size, workers, max_pixels, quiet, commit_seconds,
-                           decode_in)
+                           decode_in, on_commit)
     writer.finalize(drop)
     changed = len(set(plan.changed + plan.retry) - {i for i, _ in failed})
     return _summary(out, listing, plan, written, failed + plan.bad_names, time.perf_counter() - t0, len(drop),
@@ -237,7 +239,8 @@ def _summary(out: Path, listing: ImageList, plan, written: int, failed: list, se
 
 
 def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, batch_size: int, workers: int,
-         max_pixels: int, quiet: bool, commit_seconds: float, decode_in: str) -> tuple[int, list[tuple[str, str]]]:
+         max_pixels: int, quiet: bool, commit_seconds: float, decode_in: str,
+         on_commit: Callable[[int], None] | None = None) -> tuple[int, list[tuple[str, str]]]:
     if not todo:
         return 0, []
     loader = batches([root / i for i in todo], bb.preprocessing, bb.decoder, bb.device, max_pixels, batch_size,
@@ -258,12 +261,12 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
                                 {todo[i]: src for i, src in sources.items()}))
                 bar.update(len(good) + len(bad))
                 if t - last_commit >= commit_seconds:
-                    written, failed = _settle(committing, written, failed)
+                    written, failed = _settle(committing, written, failed, on_commit)
                     committing, pending, last_commit = pool.submit(_commit, writer, pending), [], time.perf_counter()
                     bar.set_postfix(committed=written + len(failed))
                     t = _lap(spent, "waiting for the writer", t)
-            written, failed = _settle(committing, written, failed)
-            written, failed = _settle(pool.submit(_commit, writer, pending), written, failed)
+            written, failed = _settle(committing, written, failed, on_commit)
+            written, failed = _settle(pool.submit(_commit, writer, pending), written, failed, on_commit)
             _lap(spent, "waiting for the writer", t)
     finally:
         bar.close()
@@ -271,11 +274,14 @@ def _run(bb: Backbone, root: Path, todo: list[str], writer: ResumableWriter, bat
     return written, failed
 
 
-def _settle(commit, written: int, failed: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+def _settle(commit, written: int, failed: list[tuple[str, str]],
+            on_commit: Callable[[int], None] | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Wait for a commit in flight (its error is raised here) and add what it stored."""
     if commit is None:
         return written, failed
     n, bad = commit.result()
+    if on_commit is not None and n + len(bad):
+        on_commit(n + len(bad))
     return written + n, failed + bad
 
 

@@ -252,3 +252,18 @@ def test_resnet152_random_init_dim_and_scale():
     feats = bb.forward(x).numpy()
     assert feats.shape == (2, 2048)
     assert np.isfinite(feats).all() and 1e-2 < feats.std() < 1e2
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_normalize_is_the_weights_mean_and_std(layout):
+    """(x / 255 - mean) / std per channel, as float32 channels_last, whatever the uint8 batch's layout."""
+    bb = load_backbone("resnet18", "none", "cpu", image_size=32)
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # (n, H, W, 3) as decoded
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # channels_last strides
+    if layout == "nchw":
+        x = x.contiguous()
+    ref = (pixels.astype(np.float64) / 255 - np.array(bb.mean)) / np.array(bb.std)  # (n, H, W, 3)
+    out = bb.normalize(x)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(out.permute(0, 2, 3, 1).numpy(), ref, atol=1e-6)

@@ -79,3 +79,33 @@ def test_benchmark_extract_both_decoders_each_between_two_forward_runs(monkeypat
     assert (threads["ratio"], processes["ratio"]) == (0.41, 0.136)
     assert (r["decode_in"], r["ratio"], r["pipeline_images_per_s"]) == ("threads", 0.41, 90.0)  # headline: threads
     assert next(forward, None) is None and next(seconds, None) is None
+
+
+def test_benchmark_extract_draws_jpegs_of_the_photo_size(monkeypatch):
+    from PIL import Image
+
+    from extract.bench import pipeline
+
+    sizes, real_draw = [], pipeline.draw_images
+
+    def draw(folder, n, size):
+        paths = real_draw(folder, n, size)
+        sizes.append({Image.open(p).size for p in paths})
+        return paths
+
+    monkeypatch.setattr(pipeline, "draw_images", draw)
+    args = ["benchmark", "extract", "--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size",
+            "4", "--images", "4", "--rounds", "1", "--workers", "0", "--no-allocator-baseline"]
+    result = CliRunner().invoke(cli, [*args, "--photo-size", "96x72", "--json"])
+    assert result.exit_code == 0, result.output
+    assert sizes == [{(96, 72)}] and json.loads(result.output)["photo_size"] == [96, 72]
+    result = CliRunner().invoke(cli, [*args, "--photo-size", "96by72"])
+    assert result.exit_code == 2 and "'96by72' is not WIDTHxHEIGHT" in result.output
+
+
+def test_steady_rate_counts_the_images_after_the_first_output():
+    from extract.bench.engines import steady_rate
+
+    assert steady_rate([(10.0, 64), (12.0, 64), (14.0, 32)]) == 24.0  # (64 + 32) images in 4 s
+    assert steady_rate([(10.0, 64)]) is None and steady_rate([]) is None
+    assert steady_rate([(10.0, 64), (10.0, 64)]) is None  # no time between them

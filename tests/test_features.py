@@ -110,6 +110,18 @@ def test_duplicates_in_list_are_counted(tmp_path):
     assert sorted(open_features(tmp_path / "f.h5").ids) == sorted(f"imgs/{i}" for i in good)
 
 
+def test_on_commit_counts_each_durable_part(tmp_path):
+    """Committing every batch: one call per batch of 4 with its images, good and failed; none for an empty last part."""
+    draw_dataset(tmp_path / "imgs", 10)  # 10 good + 2 bad = 3 batches of 4
+    calls = []
+    s = extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=0, commit_seconds=0, on_commit=calls.append,
+                         **TINY)
+    assert calls == [4, 4, 4] and (s.written, s.failed) == (10, 2)
+    again = []
+    extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=0, on_commit=again.append, **TINY)
+    assert again == []  # nothing left to extract, nothing committed
+
+
 def test_mixing_backbones_is_refused_naming_both(tmp_path):
     draw_dataset(tmp_path / "imgs", 4)
     extract_features(tmp_path / "imgs", tmp_path / "f.h5", workers=0, **TINY)

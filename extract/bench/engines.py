@@ -23,7 +23,7 @@ from typing import Self
 
 import numpy as np
 
-from extract.bench.pipeline import draw_images
+from extract.bench.pipeline import PHOTO_SIZE, draw_images
 from extract.features import extract_features
 from extract.ray_engine import extract_features_ray
 from extract.store import open_features
@@ -94,33 +94,44 @@ class _TreeCpu:
 
 def benchmark_engines(model: str = "resnet18", weights: str = "none", image_size: int | None = 112,
                       images: int = 64, batch_size: int = 16, workers: int = 1, shard_size: int = 16,
-                      threads: int | None = None) -> dict:
-    """Both engines on ``images`` and ``2 * images`` drawn JPEGs (500x375): wall and marginal CPU cost."""
+                      threads: int | None = None, actors: int = 1, cpus_per_actor: float | None = None,
+                      photo_size: tuple[int, int] = PHOTO_SIZE) -> dict:
+    """Both engines on ``images`` and ``2 * images`` drawn JPEGs of ``photo_size``: wall rates and CPU cost.
+
+    The Ray cluster has ``workers + threads`` CPUs and ``actors`` actors of ``cpus_per_actor`` CPUs
+    (default ``threads``: one actor shaped as the local forward). The steady rate of an engine is
+    that of its 2N run between its first and its last durable output (a local commit, a Ray shard):
+    what a long job runs at once started, without job start-up and the final merge.
+    """
     import ray
 
     threads = threads or os.cpu_count() or 1
+    cpus_per_actor = cpus_per_actor or threads
     common = {"model": model, "weights": weights, "image_size": image_size, "batch_size": batch_size, "quiet": True}
     tmp = Path(tempfile.mkdtemp(prefix="buscador-engines-"))
     try:
-        draw_images(tmp / "imgs", 2 * images)
+        draw_images(tmp / "imgs", 2 * images, photo_size)
         (tmp / "warm.txt").write_text("\n".join(f"imgs/img{k:05d}.jpg" for k in range(batch_size)) + "\n")
         (tmp / "half.txt").write_text("\n".join(f"imgs/img{k:05d}.jpg" for k in range(images)) + "\n")
         (tmp / "all.txt").write_text("\n".join(f"imgs/img{k:05d}.jpg" for k in range(2 * images)) + "\n")
         runs: dict[str, dict[str, tuple[float, float]]] = {"local": {}, "ray": {}}
+        outputs: dict[str, list[tuple[float, int]]] = {"local": [], "ray": []}  # 2N run: (time, images) per output
 
         def timed(engine: str, part: str, run) -> None:
             c0, t0 = cpu.seconds(), time.perf_counter()
-            run(tmp / f"{part}.txt", tmp / f"{engine}-{part}.h5")
+            events = outputs[engine] if part == "all" else []
+            run(tmp / f"{part}.txt", tmp / f"{engine}-{part}.h5", lambda n: events.append((time.perf_counter(), n)))
             runs[engine][part] = (time.perf_counter() - t0, cpu.seconds() - c0)
 
-        def local(src: Path, out: Path) -> None:
+        def local(src: Path, out: Path, output) -> None:
             import torch
 
             torch.set_num_threads(threads)
-            extract_features(src, out, workers=workers, **common)
+            extract_features(src, out, workers=workers, on_commit=output, **common)
 
-        def on_ray(src: Path, out: Path) -> None:
-            extract_features_ray(src, out, cpus_per_actor=threads, shard_size=shard_size, **common)
+        def on_ray(src: Path, out: Path, output) -> None:
+            extract_features_ray(src, out, actors=actors, cpus_per_actor=cpus_per_actor, shard_size=shard_size,
+                                 on_shard=lambda rec: output(rec.rows + rec.failed), **common)
 
         with _TreeCpu() as cpu:
             timed("local", "half", local)
@@ -138,25 +149,45 @@ def benchmark_engines(model: str = "resnet18", weights: str = "none", image_size
         a, b = open_features(tmp / "local-all.h5"), open_features(tmp / "ray-all.h5")
         result = {"model": model, "weights": weights, "image_size": image_size or 224, "images": images,
                   "batch_size": batch_size, "workers": workers, "threads": threads, "shard_size": shard_size,
+                  "actors": actors, "cpus_per_actor": cpus_per_actor, "photo_size": list(photo_size),
                   "ray_init_s": round(init_s, 2), "load_average": round(os.getloadavg()[0], 1),
                   "same_ids": a.ids == b.ids and a.failed == b.failed,
                   "max_abs_diff": float(np.abs(a.load() - b.load()).max()) if len(a) else 0.0}
         for engine, r in runs.items():
             ch, (wa, ca) = r["half"][1], r["all"]
             result[f"{engine}_wall_images_per_s"] = round(2 * images / wa, 2)
+            result[f"{engine}_steady_images_per_s"] = steady_rate(outputs[engine])
             result[f"{engine}_cpu_s_per_image"] = round((ca - ch) / images, 4)  # the extra images only
         result["ratio_wall"] = round(result["ray_wall_images_per_s"] / result["local_wall_images_per_s"], 3)
+        local_steady, ray_steady = result["local_steady_images_per_s"], result["ray_steady_images_per_s"]
+        result["ratio_steady"] = round(ray_steady / local_steady, 3) if local_steady and ray_steady else None
         result["ratio_cpu"] = round(result["local_cpu_s_per_image"] / max(result["ray_cpu_s_per_image"], 1e-9), 3)
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def steady_rate(outputs: list[tuple[float, int]]) -> float | None:
+    """Images/s between the first and the last of ``(time, images)`` outputs (the first one's images
+    were made before the clock starts); None with fewer than two outputs."""
+    if len(outputs) < 2 or outputs[-1][0] <= outputs[0][0]:
+        return None
+    return round(sum(n for _, n in outputs[1:]) / (outputs[-1][0] - outputs[0][0]), 2)
+
+
+def _rate(v: float | None) -> str:
+    return "- (one output only: use more images or smaller shards)" if v is None else f"{v:.1f} images/s"
+
+
 def format_engines(r: dict) -> str:
     return "\n".join([
         (f"{r['model']} ({r['weights']}) at {r['image_size']} px, {r['images']} and {2 * r['images']} images, "
-         f"batch {r['batch_size']}, {r['workers']} decode worker(s) + {r['threads']} forward threads, "
-         f"shards of {r['shard_size']}"),
+         f"{r['photo_size'][0]}x{r['photo_size'][1]} JPEGs, batch {r['batch_size']}, local: {r['workers']} decode "
+         f"worker(s) + {r['threads']} forward threads; ray: {r['workers'] + r['threads']} CPUs, {r['actors']} "
+         f"actor(s) of {r['cpus_per_actor']:g} CPU, shards of {r['shard_size']}"),
+        (f"steady, first to last output of the {2 * r['images']}-image run: local {_rate(r['local_steady_images_per_s'])}, "
+         f"ray {_rate(r['ray_steady_images_per_s'])} = "
+         f"{'-' if r['ratio_steady'] is None else format(r['ratio_steady'], '.3f')} x local"),
         (f"wall, {2 * r['images']} images: local {r['local_wall_images_per_s']:.1f} images/s, ray "
          f"{r['ray_wall_images_per_s']:.1f} images/s = {r['ratio_wall']:.3f} x local (job start-up included; "
          f"ray.init took {r['ray_init_s']:.1f} s more)"),

@@ -39,9 +39,10 @@ from extract.images import Decoder, prepare_image
 from extract.loading import check_decode_in, resolve_decode_in
 
 log = logging.getLogger(__name__)
+PHOTO_SIZE = (500, 375)  # width x height of the drawn JPEGs: an ImageNet-sized photo
 
 
-def draw_images(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[Path]:
+def draw_images(folder: Path, n: int, size: tuple[int, int] = PHOTO_SIZE, seed: int = 0) -> list[Path]:
     """Draw ``n`` seeded JPEG scenes (random rectangles and ellipses) of ``size`` into ``folder``."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,8 @@ def _forward_rate_default_allocator(spec: dict) -> tuple[float, float]:
 def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_size: int = 16, workers: int = 2,
                       device: str = "auto", image_size: int | None = None, images: int = 96,
                       rounds: int = 3, threads: int | None = None, allocator_baseline: bool = False,
-                      decoder: str | None = None, decode_in: str = "auto") -> dict:
+                      decoder: str | None = None, decode_in: str = "auto",
+                      photo_size: tuple[int, int] = PHOTO_SIZE) -> dict:
     """Time the full extraction pipeline and the bare forward in alternating rounds; figures and ratio.
 
     The bare forward on ``images`` ready tensors is timed before the first round and after every
@@ -127,6 +129,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     library (``pil``, ``simplejpeg``; default: the extraction default). ``decode_in`` is where the pipeline
     decodes (:mod:`extract.loading`); ``both`` runs a threads round and a processes round each time, every
     pipeline round between two forward runs, and reports both (the headline figures are the threads').
+    ``photo_size`` (width, height) of the drawn JPEGs: the DCT scale a JPEG decodes at depends on it.
     """
     if images < batch_size:
         raise UserError(f"--images ({images}) must be at least --batch-size ({batch_size})")
@@ -152,7 +155,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
     pipeline = {m: [] for m in modes}  # mode -> [(images/s, CPU s per image, index of the forward run before)]
     with tempfile.TemporaryDirectory(prefix="buscador-bench-") as tmp:
         folder = Path(tmp) / "images"
-        paths = draw_images(folder, images)
+        paths = draw_images(folder, images, photo_size)
         if bb.needs_calibration:
             calibrate(bb, folder, [p.name for p in paths[: min(32, images)]])
         ready = _ready_batch(bb, paths[:batch_size])
@@ -206,6 +209,7 @@ def benchmark_extract(model: str = "resnet152", weights: str = "auto", batch_siz
         "preprocessing": bb.preprocessing.describe(),
         "decoder": bb.decoder.describe(),
         "images": images,
+        "photo_size": list(photo_size),
         "rounds": rounds,
         "dim": bb.dim,
         "decode_in": modes[0],
@@ -233,7 +237,8 @@ def format_table(result: dict) -> str:
         ("preprocessing / decoder", f"{result['preprocessing']} / {result['decoder']}"),
         ("device / threads", (f"{result['device']} / {result['threads']} (OpenMP wait policy "
                               f"{result['omp_wait_policy']}, load average {result['load_average']})")),
-        ("batch / workers / images", f"{result['batch_size']} / {result['workers']} / {result['images']}"),
+        ("batch / workers / images", (f"{result['batch_size']} / {result['workers']} / {result['images']} "
+                                      f"({result['photo_size'][0]}x{result['photo_size'][1]} JPEGs)")),
         ("bare forward (median)", (f"{result['forward_images_per_s']:.2f} images/s "
                                   f"(runs {result['forward_rounds_images_per_s']})")),
     ]

@@ -127,6 +127,16 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
     click.echo(f"{ff.path}: {len(ff)} images x {ff.dim}-d imported")
 
 
+def _photo_size(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 640x480") from None
+    if min(w, h) < 64:
+        raise click.BadParameter(f"{value!r}: both sides must be at least 64 pixels")
+    return w, h
+
+
 @click.command("extract")
 @click.option("--model", default="resnet152", show_default=True)
 @click.option("--weights", default="auto", show_default=True,
@@ -145,17 +155,19 @@ def import_vectors_cmd(names: Path, vectors: Path, out: Path, dim: int) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for the forward [torch default].")
 @click.option("--allocator-baseline/--no-allocator-baseline", default=True, show_default=True,
               help="On CPU, also time the bare forward in a fresh process with glibc's default allocator.")
+@click.option("--photo-size", default="500x375", show_default=True, callback=_photo_size,
+              help="WIDTHxHEIGHT of the drawn JPEGs (a JPEG whose shorter side is twice the resize decodes at 1/2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: int, decode_in: str, device: str,
                           image_size: int | None, images: int, rounds: int, threads: int | None,
-                          allocator_baseline: bool, as_json: bool) -> None:
+                          allocator_baseline: bool, photo_size: tuple[int, int], as_json: bool) -> None:
     """Images/s of the full extraction pipeline vs the bare model forward (same run, model, batch, device)."""
     import json
 
     from extract.bench.pipeline import benchmark_extract, format_table
 
     result = benchmark_extract(model, weights, batch_size, workers, device, image_size, images, rounds, threads,
-                               allocator_baseline, decode_in=decode_in)
+                               allocator_baseline, decode_in=decode_in, photo_size=photo_size)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
 
 
@@ -164,18 +176,25 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
 @click.option("--weights", default="none", show_default=True)
 @click.option("--image-size", default=112, show_default=True, type=click.IntRange(min=16))
 @click.option("--images", default=64, show_default=True, type=click.IntRange(min=2),
-              help="Drawn JPEGs (500x375); each engine runs on this many and on twice as many.")
+              help="Drawn JPEGs; each engine runs on this many and on twice as many.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding processes / CPUs.")
 @click.option("--shard-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--threads", type=click.IntRange(min=1), help="Forward threads (the Ray actor's CPUs) [all cores].")
+@click.option("--threads", type=click.IntRange(min=1), help="Forward threads of the local engine [all cores].")
+@click.option("--actors", default=1, show_default=True, type=click.IntRange(min=1), help="Ray backbone actors.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True),
+              help="CPUs (forward threads) of each Ray actor [--threads].")
+@click.option("--photo-size", default="500x375", show_default=True, callback=_photo_size,
+              help="WIDTHxHEIGHT of the drawn JPEGs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def benchmark_engines_cmd(model: str, weights: str, image_size: int, images: int, batch_size: int, workers: int,
-                          shard_size: int, threads: int | None, as_json: bool) -> None:
+                          shard_size: int, threads: int | None, actors: int, cpus_per_actor: float | None,
+                          photo_size: tuple[int, int], as_json: bool) -> None:
     """Images/s of the Ray engine on one machine against the local engine (same run, images and model)."""
     import json
 
     from extract.bench.engines import benchmark_engines, format_engines
 
-    result = benchmark_engines(model, weights, image_size, images, batch_size, workers, shard_size, threads)
+    result = benchmark_engines(model, weights, image_size, images, batch_size, workers, shard_size, threads, actors,
+                               cpus_per_actor, photo_size)
     click.echo(json.dumps(result, indent=1) if as_json else format_engines(result))
