@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from extract.collection import plan_run, read_source
 from extract.core.errors import UserError
+from extract.cpu_memory import worker_env
 from extract.features import (
     BN_IMAGES,
     MATCH_KEYS,
@@ -150,10 +151,12 @@ def _dataset(ray, plan: dict[int, list[str]], root: Path, bb, state_ref, device:
     ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=1,
                         fn_kwargs={"root": str(root), "preprocessing": bb.preprocessing.to_config(),
                                    "decoder": bb.decoder.to_config(), "max_pixels": max_pixels})
+    env = worker_env()  # actor tasks run on a thread pool: one malloc arena, or each batch faults its buffers in
     return ds.map_batches(
         _Embedder, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor,
+        **({"runtime_env": {"env_vars": env}} if env else {}),
         fn_constructor_kwargs={"model": bb.config["model"],
                                "seed": bb.config.get("seed") or 0, "device": device,
                                "threads": max(1, int(cpus_per_actor)), "state": [state_ref], "config": bb.config,
