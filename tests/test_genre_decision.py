@@ -35,6 +35,10 @@ def test_global_threshold_is_the_brute_force_best_with_at_least_one_genre():
         best = max(best, _micro(Y, P))
     t = global_threshold(probs, Y.astype(np.uint8))
     assert _micro(Y, at_least_one(probs >= t, probs).astype(bool)) == pytest.approx(best)
+    flat = np.unique(probs)
+    assert t == flat[0] or not np.isin(t, flat)  # a cut between two scores, not on one
+    above, below = flat[flat >= t][0], flat[flat < t][-1] if t > flat[0] else None
+    assert below is None or t == pytest.approx((above + below) / 2)
 
 
 def test_at_least_one_switches_on_the_most_probable_genre_of_empty_rows_only():

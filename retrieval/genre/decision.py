@@ -41,12 +41,18 @@ def _top_k(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def global_threshold(probs: np.ndarray, Y: np.ndarray, n_candidates: int = 200) -> float:
-    """The single threshold (with at least one genre per movie) that maximises micro-F1 on ``(probs, Y)``."""
+    """The single threshold (with at least one genre per movie) that maximises micro-F1 on ``(probs, Y)``.
+
+    Candidate cuts lie between consecutive distinct probabilities (midpoints, as per-genre thresholds do;
+    the lowest score itself keeps every genre), never on a validation score: a movie scored exactly at the
+    threshold would be decided by float rounding (another batch size or thread count).
+    """
     flat = np.unique(np.asarray(probs, np.float64).ravel())
-    if flat.size > n_candidates:
-        flat = np.quantile(flat, np.linspace(0.0, 1.0, n_candidates))
+    cuts = np.r_[flat[:1], (flat[1:] + flat[:-1]) / 2.0]
+    if cuts.size > n_candidates:
+        cuts = cuts[np.unique(np.linspace(0, cuts.size - 1, n_candidates).round().astype(int))]
     best, best_t = -1.0, 0.5
-    for t in flat:
+    for t in cuts:
         score = micro_f1(Y, at_least_one(probs >= t, probs))
         if score > best + 1e-12 or (abs(score - best) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
             best, best_t = score, float(t)
