@@ -1,12 +1,12 @@
 """Ray engine against the local engine on one machine: images/s and CPU per image in the same run.
 
-Both engines extract the same drawn JPEGs with the same backbone, batch size and CPU shape: the local
-engine with ``workers`` decoding processes and a forward on ``threads`` cores, the Ray engine on a
-local cluster of ``workers + threads`` logical CPUs (decode tasks of one CPU, one actor of
-``threads``). Each engine runs on N and on 2N images (local N, Ray warm-up, Ray N, Ray 2N, local 2N): wall
-images/s on 2N includes each engine's start-up; the CPU time of the extra N images (all processes of
-the engine, Ray's daemons and workers included) is the steady cost per image, which does not depend
-on how busy a shared machine is. The features of the two engines are compared as well.
+Both engines extract the same drawn JPEGs with the same backbone and batch size: the local engine with
+``workers`` decoding threads and a forward on ``threads`` cores, the Ray engine on a local cluster of
+``workers + threads`` logical CPUs (decode tasks of one CPU, ``actors`` actors of ``cpus_per_actor``).
+Each engine runs on N and on 2N images (local N, Ray warm-up, Ray N, Ray 2N, local 2N). Per engine:
+the steady rate of the 2N run between its first and last durable output; wall images/s on 2N, start-up
+included; the CPU time of the extra N images (all processes of the engine, Ray's daemons and workers
+included). The features of the two engines are compared as well.
 """
 
 from __future__ import annotations
