@@ -15,9 +15,10 @@ from pathlib import Path
 
 from extract.core.errors import UserError
 from extract.core.hashing import sha256_file
+from extract.fingerprints import recorded
 from extract.images import ImageList
 from extract.parts import StoredState
-from extract.store import NO_SOURCE, SourceStat, recorded, storable_id
+from extract.store import NO_SOURCE, SourceStat, storable_id
 
 BAD_NAME = "file name is not valid UTF-8; rename the file to extract it"
 

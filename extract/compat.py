@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from extract.core.errors import UserError
-from extract.store import FeatureFile, recorded
+from extract.fingerprints import recorded
+from extract.store import FeatureFile
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from extract.core.errors import UserError
 from extract.core.files import atomic_path
+from extract.fingerprints import recorded
 from extract.store import (
     BLOCK_ROWS,
     NO_SOURCE,
@@ -32,7 +33,6 @@ from extract.store import (
     SourceStat,
     _read_sources,
     open_features,
-    recorded,
     storable_id,
     write_error,
 )

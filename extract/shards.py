@@ -29,14 +29,12 @@ import numpy as np
 
 from extract.core.errors import UserError
 from extract.core.files import atomic_path
+from extract.fingerprints import ContentHash, fingerprint, recorded
 from extract.parts import ResumableWriter
 from extract.store import (
     NO_SOURCE,
-    ContentHash,
     SourceStat,
-    fingerprint,
     open_features,
-    recorded,
     storage_dtype,
     write_features,
 )

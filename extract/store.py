@@ -20,7 +20,7 @@ to nearest (relative error <= 2^-11); a row beyond float16's range (|x| > 65504)
 ``values_sha256`` hashes the float32 rows (as readers get them) in order and ``ids_sha256`` the ids in order, both computed
 block by block while the file is written; ``content_sha256`` combines them with the shape, and
 ``fingerprint`` (16 hex digits) combines the content hash with the config that made the features
-(model, weights and their sha256, preprocessing, ...; :func:`identity_config`). Opening a file checks the
+(model, weights and their sha256, preprocessing, ...; :mod:`extract.fingerprints`). Opening a file checks the
 shape, config and attrs against each other (cheap: nothing is hashed, so a cold search stays fast);
 :meth:`FeatureFile.verify` and :meth:`FeatureFile.load_verified` (used by training and evaluation)
 re-hash the ids and values too. Writes are atomic: a file is written under ``NAME.tmp`` and renamed into
@@ -31,7 +31,6 @@ place, so a reader never sees half a file. Extraction appends through
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -45,22 +44,18 @@ import numpy as np
 from extract.core.errors import UserError
 from extract.core.files import atomic_path
 from extract.core.ids import PackedIds
+from extract.fingerprints import ContentHash, combine_content, fingerprint
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 CHUNK_ROWS = 256
 BLOCK_ROWS = 65536
-# Config keys that say where or when features were made, not what they are: left out of the fingerprint.
-IDENTITY_IGNORED = ("created", "torch", "torchvision", "images", "image_root", "bn_calibration_root", "max_pixels",
-                    "source_names", "source_vectors")
 NO_SOURCE = (-1, -1, "")
 _STR = h5py.string_dtype("utf-8")
 _SHA = np.dtype("S64")
 _SOURCE_FIELDS = ("size", "mtime_ns", "sha256")
 DTYPES = ("float32", "float16")
-# Config keys a file made before they were recorded has implicitly: compared with this value when absent.
-IMPLIED_CONFIG = {"dtype": "float32"}
 
 SourceStat = tuple[int, int, str]  # (size in bytes, mtime in ns, sha256 hex) of a source image
 
@@ -80,69 +75,6 @@ def storage_dtype(config: Mapping) -> np.dtype:
     if name not in DTYPES:
         raise UserError(f"unknown feature dtype {name!r}; use one of {', '.join(DTYPES)}")
     return np.dtype(name)
-
-
-def recorded(config: Mapping, key: str):
-    """``config[key]``, or what a file made before ``key`` was recorded implies (:data:`IMPLIED_CONFIG`)."""
-    return config[key] if key in config else IMPLIED_CONFIG.get(key)
-
-
-def identity_config(config: Mapping) -> dict:
-    """The part of an extraction config that defines the feature space (JSON types, volatile keys dropped)."""
-    plain = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
-    return {k: v for k, v in plain.items() if k not in IDENTITY_IGNORED}
-
-
-class ContentHash:
-    """sha256 of a feature matrix's ids and float32 values, fed block by block in row order."""
-
-    def __init__(self, dim: int):
-        self.dim = int(dim)
-        self.n = 0
-        self._ids = hashlib.sha256()
-        self._values = hashlib.sha256()
-
-    def update(self, ids: Sequence[str], xb: np.ndarray) -> None:
-        if len(ids) != len(xb):
-            raise ValueError(f"{len(ids)} ids for {len(xb)} rows")
-        if len(ids):
-            self._ids.update(("\n".join(ids) + "\n").encode("utf-8"))
-            self._values.update(np.ascontiguousarray(xb, dtype="<f4").tobytes())
-        self.n += len(ids)
-
-    @property
-    def ids_sha256(self) -> str:
-        return self._ids.hexdigest()
-
-    @property
-    def values_sha256(self) -> str:
-        return self._values.hexdigest()
-
-    @property
-    def content_sha256(self) -> str:
-        return combine_content(self.n, self.dim, self.ids_sha256, self.values_sha256)
-
-
-def combine_content(n: int, dim: int, ids_sha256: str, values_sha256: str) -> str:
-    return hashlib.sha256(f"{n}x{dim}:{ids_sha256}:{values_sha256}".encode()).hexdigest()
-
-
-def ids_sha256(ids: Sequence[str]) -> str:
-    return hashlib.sha256(("\n".join(ids) + "\n").encode("utf-8") if ids else b"").hexdigest()
-
-
-def fingerprint(content_sha256: str, config: Mapping) -> str:
-    """Identity of a feature file (16 hex digits): its content hash and the config that made it."""
-    cfg = json.dumps(identity_config(config), sort_keys=True)
-    return hashlib.sha256(f"{content_sha256}\n{cfg}".encode()).hexdigest()[:16]
-
-
-def fingerprint_arrays(ids: Sequence[str], xb: np.ndarray, config: Mapping | None = None) -> str:
-    """:func:`fingerprint` of an in-memory ``(n, d)`` matrix and its ids."""
-    h = ContentHash(xb.shape[1])
-    for start in range(0, len(ids), BLOCK_ROWS):
-        h.update(list(ids[start : start + BLOCK_ROWS]), xb[start : start + BLOCK_ROWS])
-    return fingerprint(h.content_sha256, config or {})
 
 
 def first_nonfinite(xb: np.ndarray) -> int | None:

@@ -31,7 +31,8 @@ import numpy as np
 
 from extract.core.arrays import normalize_rows
 from extract.core.errors import UserError
-from extract.store import FeatureFile, fingerprint_arrays, open_features
+from extract.fingerprints import fingerprint_arrays
+from extract.store import FeatureFile, open_features
 from indexes.calibrate import Calibration
 from indexes.choose import (
     FLAT_MAX_N,
