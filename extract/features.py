@@ -1,11 +1,12 @@
 """The batched extraction loop: images -> backbone -> resumable HDF5 feature file.
 
 Decoding and resizing run in threads (CPU) or worker processes (GPU) of :mod:`extract.loading` and
-arrive as ``uint8`` batches; the main process normalises on the device, runs the backbone in ``channels_last`` under ``inference_mode``
-(autocast fp16/bf16 on CUDA) and commits the finished batches through
-:class:`~extract.parts.ResumableWriter` about every second, in a writer thread while the next batches
-run through the model (one commit in flight at a time), so a killed run resumes where it stopped. A re-run over a grown or edited folder extracts only new and
-changed images (:mod:`extract.collection`); with nothing to do it returns before loading a model.
+arrive as ``uint8`` batches; the main process normalises on the device, runs the backbone in
+``channels_last`` under ``inference_mode`` (autocast fp16/bf16 on CUDA) and commits the finished
+batches through :class:`~extract.parts.ResumableWriter` about every second, in a writer thread while
+the next batches run through the model (one commit in flight at a time), so a killed run resumes where
+it stopped. A re-run over a grown or edited folder extracts only new and changed images
+(:mod:`extract.collection`); with nothing to do it returns before loading a model.
 ``embed_images`` embeds a few new images exactly as a feature file's images were embedded (same model,
 weights, preprocessing and decoder).
 """

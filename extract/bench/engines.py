@@ -185,8 +185,8 @@ def format_engines(r: dict) -> str:
          f"{r['photo_size'][0]}x{r['photo_size'][1]} JPEGs, batch {r['batch_size']}, local: {r['workers']} decode "
          f"worker(s) + {r['threads']} forward threads; ray: {r['workers'] + r['threads']} CPUs, {r['actors']} "
          f"actor(s) of {r['cpus_per_actor']:g} CPU, shards of {r['shard_size']}"),
-        (f"steady, first to last output of the {2 * r['images']}-image run: local {_rate(r['local_steady_images_per_s'])}, "
-         f"ray {_rate(r['ray_steady_images_per_s'])} = "
+        (f"steady, first to last output of the {2 * r['images']}-image run: "
+         f"local {_rate(r['local_steady_images_per_s'])}, ray {_rate(r['ray_steady_images_per_s'])} = "
          f"{'-' if r['ratio_steady'] is None else format(r['ratio_steady'], '.3f')} x local"),
         (f"wall, {2 * r['images']} images: local {r['local_wall_images_per_s']:.1f} images/s, ray "
          f"{r['ray_wall_images_per_s']:.1f} images/s = {r['ratio_wall']:.3f} x local (job start-up included; "

@@ -178,7 +178,8 @@ def benchmark_extract_cmd(model: str, weights: str, batch_size: int, workers: in
 @click.option("--images", default=64, show_default=True, type=click.IntRange(min=2),
               help="Drawn JPEGs; each engine runs on this many and on twice as many.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Decoding threads of the local engine; the Ray cluster gets as many CPUs more.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Decoding threads of the local engine; the Ray cluster gets as many CPUs more.")
 @click.option("--shard-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="Forward threads of the local engine [all cores].")
 @click.option("--actors", default=1, show_default=True, type=click.IntRange(min=1), help="Ray backbone actors.")
